@@ -1,0 +1,34 @@
+-- rosterd's SQLite schema. Each `-- migration N` block runs once, in order,
+-- inside one transaction; `PRAGMA user_version` records the last one applied.
+-- Never edit a block that has shipped: add the next one.
+
+-- migration 1
+CREATE TABLE users (
+    -- AUTOINCREMENT: ids are never reused, also after a delete, so a token
+    -- naming a deleted id can never match a new account.
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- NOCASE: "Alice" and "alice" are one account name (see the index below).
+    username        TEXT    NOT NULL COLLATE NOCASE
+                            CHECK (length(username) BETWEEN 1 AND 150),
+    email           TEXT    NOT NULL COLLATE NOCASE
+                            CHECK (length(email) BETWEEN 1 AND 254),
+    -- PBKDF2-HMAC-SHA256 in PHC string form; never rendered.
+    password_hash   TEXT    NOT NULL,
+    level           INTEGER NOT NULL DEFAULT 1 CHECK (level >= 0),
+    status          TEXT    NOT NULL DEFAULT 'offline'
+                            CHECK (status IN ('online', 'offline', 'busy')),
+    profile_picture TEXT    NOT NULL DEFAULT ''
+                            CHECK (length(profile_picture) <= 2048),
+    -- Staff may edit any user; not part of the public JSON.
+    is_staff        INTEGER NOT NULL DEFAULT 0 CHECK (is_staff IN (0, 1)),
+    -- An inactive user cannot log in, refresh or use a token.
+    is_active       INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
+    -- RFC 3339 UTC with microseconds: sorts as text in time order.
+    created_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL
+);
+
+-- Uniqueness is the database's job, ignoring ASCII case: two concurrent
+-- registrations of one name cannot both succeed.
+CREATE UNIQUE INDEX users_username_unique ON users (username COLLATE NOCASE);
+CREATE UNIQUE INDEX users_email_unique ON users (email COLLATE NOCASE);

@@ -1,0 +1,70 @@
+//! The HTTP API: joins the endpoint groups, adds the per-path 405/OPTIONS
+//! answers, the request log and the one `recover`.
+
+pub mod error;
+pub mod filters;
+pub mod token;
+pub mod users;
+
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::AppState;
+
+/// Every endpoint of API.md, joined.
+pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
+    let max_body = state.config.server.max_body_bytes;
+    token::routes(state.clone(), max_body)
+        .or(users::routes(state.clone(), max_body))
+        .unify()
+        .or(health(state))
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .with(warp::log::custom(log_request))
+        .boxed()
+}
+
+/// One line per request. Only the path is logged: a query string or
+/// header could carry a token.
+fn log_request(info: warp::log::Info<'_>) {
+    tracing::info!(
+        method = %info.method(),
+        path = info.path(),
+        status = info.status().as_u16(),
+        ms = format!("{:.1}", info.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+}
+
+/// GET /api/health
+fn health(state: AppState) -> BoxedFilter<(Response,)> {
+    let path = || warp::path!("api" / "health");
+    let get = path()
+        .and(filters::get_or_head())
+        .and(filters::with_state(state))
+        .then(|state: AppState| async move {
+            let up = state.db(|conn| crate::db::ping(conn)).await;
+            match up {
+                Ok(()) => error::json_response(
+                    warp::http::StatusCode::OK,
+                    &serde_json::json!({"status": "ok"}),
+                ),
+                Err(err) => {
+                    tracing::warn!(?err, "health check failed");
+                    error::json_response(
+                        warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "unavailable"}),
+                    )
+                }
+            }
+        });
+    get.or(filters::other_methods(
+        path(),
+        "Health",
+        "GET, HEAD, OPTIONS",
+    ))
+    .unify()
+    .boxed()
+}

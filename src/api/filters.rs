@@ -1,0 +1,273 @@
+//! The filters every endpoint shares: state, the size-limited body, the
+//! Bearer authentication, and the per-path 405 / OPTIONS answer.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{ApiError, json_response};
+use crate::AppState;
+use crate::auth::jwt::TokenType;
+
+/// Hands the shared state to a handler.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// GET, and HEAD answered like GET (hyper drops the body).
+pub fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// A request body read up to `limit` bytes (413 past it, also for chunked
+/// bodies without `Content-Length`), with its `Content-Type`. Parsing waits
+/// for the handler, after permissions, as DRF parses lazily.
+#[derive(Debug, Clone)]
+pub struct RawBody {
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+impl RawBody {
+    /// The body as JSON: an empty body reads as `{}` (as DRF); another
+    /// media type is 415; malformed JSON is 400.
+    pub fn json(&self) -> Result<Value, ApiError> {
+        if self.bytes.is_empty() {
+            return Ok(Value::Object(serde_json::Map::new()));
+        }
+        let content_type = self.content_type.as_deref().unwrap_or("");
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json" {
+            return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
+        }
+        serde_json::from_slice(&self.bytes)
+            .map_err(|err| ApiError::MalformedJson(format!("JSON parse error - {err}")))
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+pub fn body(limit: u64) -> impl Filter<Extract = (RawBody,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::body::stream())
+        .and_then(move |headers: HeaderMap, stream| async move {
+            read_body(&headers, stream, limit)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+async fn read_body<S, B>(headers: &HeaderMap, stream: S, limit: u64) -> Result<RawBody, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let mut buffer = BytesMut::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|err| {
+            ApiError::MalformedJson(format!("JSON parse error - cannot read the body: {err}"))
+        })?;
+        if buffer.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buffer.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(RawBody {
+        content_type,
+        bytes: buffer.freeze(),
+    })
+}
+
+/// The caller of an authenticated request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The user's id.
+    pub id: i64,
+    /// Whether the user is staff (read from the database on this request).
+    pub is_staff: bool,
+}
+
+/// Requires a valid access token whose user exists and is active, checked
+/// against the database on every request as simplejwt does.
+pub fn authenticated(
+    state: AppState,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+        let state = state.clone();
+        async move {
+            authenticate(&state, &headers)
+                .await
+                .map_err(warp::reject::custom)
+        }
+    })
+}
+
+/// The raw token of an `Authorization: Bearer <token>` header, as
+/// simplejwt reads it: no header or another scheme -> not authenticated;
+/// `Bearer` with zero or several values -> a bad header.
+fn bearer_token(headers: &HeaderMap) -> Result<&[u8], ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::NotAuthenticated);
+    };
+    let mut parts = value
+        .as_bytes()
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|p| !p.is_empty());
+    match parts.next() {
+        Some(b"Bearer") => {}
+        _ => return Err(ApiError::NotAuthenticated),
+    }
+    match (parts.next(), parts.next()) {
+        (Some(token), None) => Ok(token),
+        _ => Err(ApiError::BadAuthorizationHeader),
+    }
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = bearer_token(headers)?;
+    let token = std::str::from_utf8(token)
+        .map_err(|_| ApiError::InvalidAccessToken(crate::auth::jwt::TokenError::Invalid))?;
+    let claims = state
+        .keys
+        .decode(token, TokenType::Access)
+        .map_err(ApiError::InvalidAccessToken)?;
+    let id = claims.user_id().ok_or(ApiError::UserNotFound)?;
+    let staff = state
+        .db(move |conn| crate::db::users::active_staff_flag(conn, id))
+        .await?;
+    match staff {
+        Some(is_staff) => Ok(Caller { id, is_staff }),
+        None => Err(ApiError::UserNotFound),
+    }
+}
+
+/// Answers, for a known path, OPTIONS (200 with `Allow`, as DRF's metadata)
+/// and every method not in `allow` (405 with `Allow`). Placed after the
+/// path's endpoints; allowed methods fall through to their rejections.
+pub fn other_methods<P>(
+    path: P,
+    name: &'static str,
+    allow: &'static str,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
+where
+    P: Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+{
+    path.and(warp::method())
+        .and_then(move |method: Method| async move {
+            if method == Method::OPTIONS {
+                let body = serde_json::json!({
+                    "name": name,
+                    "description": "",
+                    "renders": ["application/json"],
+                    "parses": ["application/json"],
+                });
+                let mut response = json_response(StatusCode::OK, &body);
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                return Ok(response);
+            }
+            let listed = allow.split(", ").any(|m| m == method.as_str());
+            if listed {
+                Err(warp::reject::not_found())
+            } else {
+                Err(warp::reject::custom(ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    allow,
+                }))
+            }
+        })
+}
+
+/// Turns a handler's result into a reply.
+pub fn reply<T: Reply>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &[u8]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+        map
+    }
+
+    #[test]
+    fn bearer_header_is_read_as_simplejwt_reads_it() {
+        assert!(matches!(
+            bearer_token(&HeaderMap::new()),
+            Err(ApiError::NotAuthenticated)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(b"Basic abc")),
+            Err(ApiError::NotAuthenticated)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(b"Bearer")),
+            Err(ApiError::BadAuthorizationHeader)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(b"Bearer a b")),
+            Err(ApiError::BadAuthorizationHeader)
+        ));
+        assert_eq!(bearer_token(&headers(b"Bearer abc")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn empty_body_reads_as_an_empty_object() {
+        let body = RawBody {
+            content_type: None,
+            bytes: Bytes::new(),
+        };
+        assert_eq!(body.json().unwrap(), serde_json::json!({}));
+    }
+
+    #[test]
+    fn non_json_media_type_is_415_and_bad_json_400() {
+        let body = RawBody {
+            content_type: Some("text/plain".into()),
+            bytes: Bytes::from_static(b"{}"),
+        };
+        assert!(matches!(body.json(), Err(ApiError::UnsupportedMediaType(m)) if m == "text/plain"));
+        let body = RawBody {
+            content_type: Some("application/json; charset=utf-8".into()),
+            bytes: Bytes::from_static(b"{"),
+        };
+        assert!(
+            matches!(body.json(), Err(ApiError::MalformedJson(m)) if m.starts_with("JSON parse error - "))
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! /api/users...: registration, listing, reading and editing users.
+
+use std::str::FromStr;
+
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use super::error::{ApiError, ResultExt};
+use super::filters::{self, Caller, RawBody, authenticated, get_or_head, with_state};
+use crate::AppState;
+use crate::auth::password;
+use crate::db;
+use crate::model::{
+    EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
+    timestamp_now,
+};
+
+/// A path segment naming one user: anything but `me`, which has its own
+/// routes. Parsed into an id after authentication, as DRF looks up the
+/// object only once the caller is known (so `/api/users/abc` is 401 without
+/// a token and 404 with one).
+#[derive(Debug, Clone)]
+pub struct UserRef(String);
+
+impl FromStr for UserRef {
+    type Err = ();
+    fn from_str(segment: &str) -> Result<Self, ()> {
+        if segment == "me" {
+            Err(())
+        } else {
+            Ok(UserRef(segment.to_owned()))
+        }
+    }
+}
+
+impl UserRef {
+    fn id(&self) -> Result<i64, ApiError> {
+        self.0
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or(ApiError::NotFound)
+    }
+}
+
+/// The user endpoints, each path with its 405/OPTIONS answer.
+pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
+    let list_path = || warp::path!("api" / "users");
+    let me_path = || warp::path!("api" / "users" / "me");
+    let one_path = || warp::path!("api" / "users" / UserRef);
+    let one_path_only = || one_path().map(|_| ()).untuple_one();
+    let auth = || authenticated(state.clone());
+    let state_ = || with_state(state.clone());
+
+    // GET /api/users
+    let list = list_path()
+        .and(get_or_head())
+        .and(auth())
+        .and(state_())
+        .then(list)
+        .map(filters::reply);
+
+    // POST /api/users
+    let create = list_path()
+        .and(warp::post())
+        .and(filters::body(max_body))
+        .and(state_())
+        .then(create)
+        .map(filters::reply);
+
+    // GET /api/users/me
+    let me = me_path().and(get_or_head()).and(auth()).and(state_()).then(
+        |caller: Caller, state: AppState| async move {
+            filters::reply(fetch(caller.id, state).await.map_err(|err| match err {
+                // Deleted between authentication and now.
+                ApiError::NotFound => ApiError::UserNotFound,
+                other => other,
+            }))
+        },
+    );
+
+    // GET /api/users/{id}
+    let get_one = one_path()
+        .and(get_or_head())
+        .and(auth())
+        .and(state_())
+        .then(
+            |user: UserRef, _caller: Caller, state: AppState| async move {
+                filters::reply(async { fetch(user.id()?, state).await }.await)
+            },
+        );
+
+    // PUT /api/users/{id}
+    let put = one_path()
+        .and(warp::put())
+        .and(auth())
+        .and(filters::body(max_body))
+        .and(state_())
+        .then(|user, caller, body, state| update(user, caller, body, state, Required::Full))
+        .map(filters::reply);
+
+    // PATCH /api/users/{id}
+    let patch = one_path()
+        .and(warp::patch())
+        .and(auth())
+        .and(filters::body(max_body))
+        .and(state_())
+        .then(|user, caller, body, state| update(user, caller, body, state, Required::Partial))
+        .map(filters::reply);
+
+    // DELETE /api/users/{id}
+    let delete = one_path()
+        .and(warp::delete())
+        .and(auth())
+        .and(state_())
+        .then(delete)
+        .map(filters::reply);
+
+    list.or(create)
+        .unify()
+        .or(filters::other_methods(
+            list_path(),
+            "User List",
+            "GET, POST, HEAD, OPTIONS",
+        ))
+        .unify()
+        .or(me)
+        .unify()
+        .or(filters::other_methods(
+            me_path(),
+            "User Me",
+            "GET, HEAD, OPTIONS",
+        ))
+        .unify()
+        .or(get_one)
+        .unify()
+        .or(put)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(filters::other_methods(
+            one_path_only(),
+            "User Instance",
+            "GET, PUT, PATCH, DELETE, HEAD, OPTIONS",
+        ))
+        .unify()
+        .boxed()
+}
+
+fn user_reply(status: StatusCode, user: &User) -> Response {
+    warp::reply::with_status(warp::reply::json(user), status).into_response()
+}
+
+async fn list(_caller: Caller, state: AppState) -> Result<Response, ApiError> {
+    let users = state.db(|conn| db::users::list(conn)).await?;
+    Ok(warp::reply::json(&users).into_response())
+}
+
+async fn fetch(id: i64, state: AppState) -> Result<Response, ApiError> {
+    let account = state
+        .db(move |conn| db::users::by_id(conn, id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(user_reply(StatusCode::OK, &account.user))
+}
+
+/// Adds "already exists" errors for the given username / email held by
+/// another user than `except`: DRF reports them with the other field errors.
+async fn check_taken(
+    state: &AppState,
+    parsed: &mut ParsedUser,
+    except: Option<i64>,
+) -> Result<(), ApiError> {
+    let username = parsed.changes.username.clone();
+    let email = parsed.changes.email.clone();
+    if username.is_none() && email.is_none() {
+        return Ok(());
+    }
+    let (username_taken, email_taken) = state
+        .db(move |conn| db::users::taken(conn, username.as_deref(), email.as_deref(), except))
+        .await?;
+    for (taken, field, message) in [
+        (username_taken, "username", USERNAME_TAKEN),
+        (email_taken, "email", EMAIL_TAKEN),
+    ] {
+        if taken {
+            parsed
+                .errors
+                .entry(field.to_owned())
+                .or_default()
+                .push(message.to_owned());
+        }
+    }
+    Ok(())
+}
+
+async fn create(body: RawBody, state: AppState) -> Result<Response, ApiError> {
+    let value = body.json()?;
+    let mut parsed =
+        parse_user_body(&value, Required::Registration).map_err(ApiError::Validation)?;
+    check_taken(&state, &mut parsed, None).await?;
+    let ParsedUser {
+        changes,
+        password: clear,
+        errors,
+    } = parsed;
+    let (Some(username), Some(email), Some(clear), true) =
+        (changes.username, changes.email, clear, errors.is_empty())
+    else {
+        return Err(ApiError::Validation(errors));
+    };
+    let iterations = state.config.auth.pbkdf2_iterations;
+    let password_hash = state
+        .hashing(move |_| Ok(password::hash(&clear, iterations)?))
+        .await?;
+    let new = NewUser {
+        username,
+        email,
+        password_hash,
+        level: changes.level.unwrap_or(1),
+        status: changes.status.unwrap_or(Status::Offline),
+        profile_picture: changes.profile_picture.unwrap_or_default(),
+        is_staff: false,
+    };
+    let user = state
+        .db(move |conn| db::users::insert(conn, &new, &timestamp_now()))
+        .await
+        .on_constraint("users.username", "username", USERNAME_TAKEN)
+        .on_constraint("users.email", "email", EMAIL_TAKEN)?;
+    Ok(user_reply(StatusCode::CREATED, &user))
+}
+
+/// Loads the target (404), checks the caller may edit it (403): the order
+/// DRF's `get_object` uses.
+async fn editable_target(
+    user: &UserRef,
+    caller: Caller,
+    state: &AppState,
+) -> Result<i64, ApiError> {
+    let id = user.id()?;
+    let exists = state
+        .db(move |conn| db::users::by_id(conn, id))
+        .await?
+        .is_some();
+    if !exists {
+        return Err(ApiError::NotFound);
+    }
+    if caller.id != id && !caller.is_staff {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(id)
+}
+
+async fn update(
+    user: UserRef,
+    caller: Caller,
+    body: RawBody,
+    state: AppState,
+    required: Required,
+) -> Result<Response, ApiError> {
+    let id = editable_target(&user, caller, &state).await?;
+    let value = body.json()?;
+    let mut parsed = parse_user_body(&value, required).map_err(ApiError::Validation)?;
+    check_taken(&state, &mut parsed, Some(id)).await?;
+    if !parsed.errors.is_empty() {
+        return Err(ApiError::Validation(parsed.errors));
+    }
+    let changes = parsed.changes;
+    let updated = state
+        .db(move |conn| db::users::update(conn, id, &changes, &timestamp_now()))
+        .await
+        .on_constraint("users.username", "username", USERNAME_TAKEN)
+        .on_constraint("users.email", "email", EMAIL_TAKEN)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(user_reply(StatusCode::OK, &updated))
+}
+
+async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Response, ApiError> {
+    let id = editable_target(&user, caller, &state).await?;
+    let deleted = state.db(move |conn| db::users::delete(conn, id)).await?;
+    if !deleted {
+        return Err(ApiError::NotFound);
+    }
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}

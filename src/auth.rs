@@ -1,0 +1,4 @@
+//! Cryptography: password hashes and JWTs. Nothing here touches HTTP or SQL.
+
+pub mod jwt;
+pub mod password;

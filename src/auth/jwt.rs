@@ -1,0 +1,336 @@
+//! JWTs as simplejwt 5.5 issues them: HS256, claims `token_type`, `exp`,
+//! `iat`, `jti`, `user_id` (a string), plus `iss`/`aud` when configured.
+//! Decoding pins the algorithm, allows no leeway and checks the type.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthConfig;
+
+/// The two kinds of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// Short-lived, sent as `Authorization: Bearer`.
+    Access,
+    /// Long-lived, exchanged for access tokens.
+    Refresh,
+}
+
+impl TokenType {
+    /// The `token_type` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenType::Access => "access",
+            TokenType::Refresh => "refresh",
+        }
+    }
+}
+
+/// The claims of every token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// `"access"` or `"refresh"`.
+    pub token_type: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// 32 hex characters, unique per token.
+    pub jti: String,
+    /// The user's id as a string, as simplejwt writes it.
+    pub user_id: String,
+    /// Issuer, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Claims {
+    /// The user id named by the token, if it is a well-formed id.
+    pub fn user_id(&self) -> Option<i64> {
+        self.user_id.parse().ok().filter(|id| *id > 0)
+    }
+}
+
+/// Why a token was refused; the texts are simplejwt's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Bad signature, bad format, wrong algorithm, missing claims.
+    Invalid,
+    /// Past its `exp`.
+    Expired,
+    /// A valid token of the other type.
+    WrongType,
+}
+
+impl TokenError {
+    /// simplejwt's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenError::Invalid => "Token is invalid",
+            TokenError::Expired => "Token is expired",
+            TokenError::WrongType => "Token has wrong type",
+        }
+    }
+}
+
+/// Signing and verification keys with the configured lifetimes.
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_lifetime: u64,
+    refresh_lifetime: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("access_lifetime", &self.access_lifetime)
+            .field("refresh_lifetime", &self.refresh_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh access + refresh pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pair {
+    /// Access token.
+    pub access: String,
+    /// Refresh token.
+    pub refresh: String,
+}
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.is_empty())
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 32 random hex characters.
+fn new_jti() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Keys {
+    /// Keys from the `[auth]` config (the secret already checked).
+    pub fn new(auth: &AuthConfig) -> Keys {
+        let secret = auth.secret.expose().as_bytes();
+        let issuer = non_empty(&auth.issuer);
+        let audience = non_empty(&auth.audience);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        Keys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_lifetime: auth.access_token_lifetime,
+            refresh_lifetime: auth.refresh_token_lifetime,
+            issuer,
+            audience,
+        }
+    }
+
+    /// Signs one token of `kind` for `user_id`.
+    pub fn issue(&self, kind: TokenType, user_id: i64) -> anyhow::Result<String> {
+        let iat = now();
+        let lifetime = match kind {
+            TokenType::Access => self.access_lifetime,
+            TokenType::Refresh => self.refresh_lifetime,
+        };
+        let claims = Claims {
+            token_type: kind.as_str().to_owned(),
+            exp: iat.saturating_add(lifetime),
+            iat,
+            jti: new_jti(),
+            user_id: user_id.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// A fresh pair for `user_id`.
+    pub fn issue_pair(&self, user_id: i64) -> anyhow::Result<Pair> {
+        Ok(Pair {
+            access: self.issue(TokenType::Access, user_id)?,
+            refresh: self.issue(TokenType::Refresh, user_id)?,
+        })
+    }
+
+    /// Verifies `token` as a token of `expected` type.
+    pub fn decode(&self, token: &str, expected: TokenType) -> Result<Claims, TokenError> {
+        let claims = self.decode_any(token)?;
+        if claims.token_type != expected.as_str() {
+            return Err(TokenError::WrongType);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies `token` as a token of either type.
+    pub fn decode_any(&self, token: &str) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let claims = data.claims;
+        // jsonwebtoken checks `exp < now - leeway`; simplejwt refuses a
+        // token whose exp is now or past.
+        if claims.exp <= now() {
+            return Err(TokenError::Expired);
+        }
+        let well_formed = claims.jti.len() == 32
+            && claims.jti.bytes().all(|b| b.is_ascii_hexdigit())
+            && claims.user_id().is_some()
+            && matches!(claims.token_type.as_str(), "access" | "refresh");
+        if !well_formed {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn keys() -> Keys {
+        let auth = AuthConfig {
+            secret: Secret::new("k".repeat(40)),
+            ..AuthConfig::default()
+        };
+        Keys::new(&auth)
+    }
+
+    #[test]
+    fn an_issued_token_decodes_as_its_type_only() {
+        let keys = keys();
+        let pair = keys.issue_pair(7).unwrap();
+        let claims = keys.decode(&pair.access, TokenType::Access).unwrap();
+        assert_eq!(claims.user_id, "7");
+        assert_eq!(claims.exp - claims.iat, 300);
+        assert_eq!(claims.jti.len(), 32);
+        assert_eq!(
+            keys.decode(&pair.access, TokenType::Refresh).unwrap_err(),
+            TokenError::WrongType
+        );
+        let refresh = keys.decode(&pair.refresh, TokenType::Refresh).unwrap();
+        assert_eq!(refresh.exp - refresh.iat, 86_400);
+        assert_ne!(claims.jti, refresh.jti);
+    }
+
+    #[test]
+    fn another_secret_or_a_changed_byte_is_invalid() {
+        let token = keys().issue(TokenType::Access, 1).unwrap();
+        let other = Keys::new(&AuthConfig {
+            secret: Secret::new("z".repeat(40)),
+            ..AuthConfig::default()
+        });
+        assert_eq!(
+            other.decode(&token, TokenType::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+        let mut tampered = token.into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(
+            keys().decode(&tampered, TokenType::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_expired() {
+        let keys = keys();
+        let claims = Claims {
+            token_type: "access".into(),
+            exp: now() - 1,
+            iat: now() - 10,
+            jti: "0".repeat(32),
+            user_id: "1".into(),
+            iss: None,
+            aud: None,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        assert_eq!(
+            keys.decode(&token, TokenType::Access).unwrap_err(),
+            TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_written_and_required() {
+        let auth = AuthConfig {
+            secret: Secret::new("k".repeat(40)),
+            issuer: Some("rosterd".into()),
+            audience: Some("app".into()),
+            ..AuthConfig::default()
+        };
+        let strict = Keys::new(&auth);
+        let token = strict.issue(TokenType::Access, 3).unwrap();
+        let claims = strict.decode(&token, TokenType::Access).unwrap();
+        assert_eq!(claims.iss.as_deref(), Some("rosterd"));
+        let plain = keys().issue(TokenType::Access, 3).unwrap();
+        assert_eq!(
+            strict.decode(&plain, TokenType::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let keys = keys();
+        let claims = Claims {
+            token_type: "access".into(),
+            exp: now() + 100,
+            iat: now(),
+            jti: "0".repeat(32),
+            user_id: "1".into(),
+            iss: None,
+            aud: None,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret("k".repeat(40).as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            keys.decode(&token, TokenType::Access).unwrap_err(),
+            TokenError::Invalid
+        );
+    }
+}

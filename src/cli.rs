@@ -1,0 +1,93 @@
+//! The command line: clap types for commands and flags. What each command
+//! does lives in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// rosterd: user accounts in one SQLite file, with JWTs and a JSON API.
+#[derive(Debug, Parser)]
+#[command(name = "rosterd", version, about)]
+pub struct Cli {
+    /// Config file [default: the platform config directory's config.toml;
+    /// also ROSTERD_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// SQLite database file (overrides database.path and ROSTERD_DB)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default command)
+    Serve {
+        /// Address to listen on (overrides server.bind and ROSTERD_BIND)
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+    },
+    /// Write a config file with a fresh random secret
+    Init,
+    /// Manage users directly in the database
+    User {
+        /// The user command.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// `rosterd user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (prompts for the password unless --password-stdin)
+    Create {
+        /// The username
+        #[arg(long)]
+        username: String,
+        /// The email address
+        #[arg(long)]
+        email: String,
+        /// Make the user staff (may edit any user)
+        #[arg(long)]
+        staff: bool,
+        /// Read the password from standard input instead of prompting
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password (prompts unless --password-stdin)
+    SetPassword {
+        /// The username
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input instead of prompting
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List every user with their flags
+    List,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_command_means_serve_and_global_flags_go_anywhere() {
+        let cli = Cli::parse_from(["rosterd"]);
+        assert!(cli.command.is_none());
+        let cli = Cli::parse_from(["rosterd", "user", "list", "--db", "x.sqlite3"]);
+        assert_eq!(cli.db, Some(PathBuf::from("x.sqlite3")));
+    }
+}

@@ -1,0 +1,351 @@
+//! What each command of the command line does: config and file locations,
+//! `serve`, `init`, and the `user` commands.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tracing_subscriber::EnvFilter;
+
+use crate::auth::password;
+use crate::cli::{Cli, Command, UserCommand};
+use crate::config::{self, Config};
+use crate::model::{self, NewUser, Required, Status};
+use crate::{AppState, db};
+
+/// Where the config and the database live when not given.
+struct Locations {
+    config: PathBuf,
+    config_is_default: bool,
+    data_dir: Option<PathBuf>,
+}
+
+fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("org", "rosterd", "rosterd")
+}
+
+fn locations(cli: &Cli) -> anyhow::Result<Locations> {
+    let dirs = project_dirs();
+    let explicit = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("ROSTERD_CONFIG").map(PathBuf::from));
+    let (config, config_is_default) = match explicit {
+        Some(path) => (path, false),
+        None => {
+            let dirs = dirs.as_ref().context(
+                "cannot find the platform config directory (no home directory?): \
+                 pass --config FILE",
+            )?;
+            (dirs.config_dir().join("config.toml"), true)
+        }
+    };
+    Ok(Locations {
+        config,
+        config_is_default,
+        data_dir: dirs.map(|d| d.data_dir().to_path_buf()),
+    })
+}
+
+/// Loads the config (defaults < file < environment < `--db`) and settles
+/// the database path, creating only the platform default data directory.
+fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
+    if !locations.config_is_default && !locations.config.exists() {
+        bail!(
+            "config file {} does not exist: create it with `rosterd --config {} init`",
+            locations.config.display(),
+            locations.config.display()
+        );
+    }
+    let mut config = Config::load(&locations.config)?;
+    if let Some(db) = &cli.db {
+        config.database.path = Some(db.clone());
+    }
+    let configured = config
+        .database
+        .path
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty());
+    let path = match configured {
+        Some(path) => path,
+        None => {
+            let dir = locations.data_dir.as_ref().context(
+                "cannot find the platform data directory (no home directory?): \
+                 pass --db FILE or set ROSTERD_DB",
+            )?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join("rosterd.sqlite3")
+        }
+    };
+    config.database.path = Some(path);
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
+    // A second init (tests) is harmless; ignore its error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let locations = locations(&cli)?;
+    match &cli.command {
+        None => serve(&cli, &locations, None),
+        Some(Command::Serve { bind }) => serve(&cli, &locations, bind.clone()),
+        Some(Command::Init) => {
+            config::write_new_config(&locations.config)?;
+            println!(
+                "wrote {} with a fresh secret (keep it private)",
+                locations.config.display()
+            );
+            Ok(())
+        }
+        Some(Command::User { command }) => {
+            let config = load_config(&cli, &locations)?;
+            user_command(command, &config)
+        }
+    }
+}
+
+fn secret_in_environment() -> bool {
+    ["ROSTERD_SECRET", "ROSTERD_AUTH_SECRET"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+}
+
+fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Result<()> {
+    init_logging();
+    if locations.config_is_default && !locations.config.exists() && !secret_in_environment() {
+        config::write_new_config(&locations.config)?;
+        println!(
+            "rosterd: first run: wrote config {} with a fresh secret",
+            locations.config.display()
+        );
+    }
+    let mut config = load_config(cli, locations)?;
+    if let Some(bind) = bind {
+        config.server.bind = bind;
+    }
+    config.check_secret(&locations.config)?;
+    if config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS {
+        tracing::warn!(
+            iterations = config.auth.pbkdf2_iterations,
+            recommended = config::DEFAULT_PBKDF2_ITERATIONS,
+            "auth.pbkdf2_iterations is below the recommended count: passwords are cheaper to crack"
+        );
+    }
+    let db_path = config.database.path.clone().unwrap_or_default();
+    let bind = config.server.bind.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let state = AppState::new(config)?;
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind} (server.bind / --bind)"))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "rosterd: serving on http://{addr} (database {}, config {})",
+            db_path.display(),
+            locations.config.display()
+        );
+        tracing::info!(%addr, "listening");
+        crate::run(listener, state, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn open_db(config: &Config) -> anyhow::Result<db::Pool> {
+    let path = config.database.path.clone().unwrap_or_default();
+    db::open(&db::Options {
+        path,
+        busy_timeout: std::time::Duration::from_millis(config.database.busy_timeout_ms),
+        pool_size: 1,
+    })
+}
+
+/// Reads a password from standard input (one trailing newline dropped) or
+/// prompts twice without echo on a terminal.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the password from standard input")?;
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        return Ok(text.to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt for the password: pass --password-stdin and pipe it in");
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Password (again): ")?;
+    if first != second {
+        bail!("the two passwords differ");
+    }
+    Ok(first)
+}
+
+fn field_errors_line(errors: &model::FieldErrors) -> String {
+    errors
+        .iter()
+        .map(|(field, messages)| format!("{field}: {}", messages.join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
+    let iterations = config.auth.pbkdf2_iterations;
+    match command {
+        UserCommand::Create {
+            username,
+            email,
+            staff,
+            password_stdin,
+        } => {
+            let pool = open_db(config)?;
+            let clear = read_password(*password_stdin)?;
+            let body = serde_json::json!({
+                "username": username, "email": email, "password": clear,
+            });
+            let mut parsed = model::parse_user_body(&body, Required::Registration)
+                .map_err(|e| anyhow::anyhow!(field_errors_line(&e)))?;
+            let mut conn = pool.get()?;
+            let (username_taken, email_taken) = db::users::taken(
+                &conn,
+                parsed.changes.username.as_deref(),
+                parsed.changes.email.as_deref(),
+                None,
+            )?;
+            for (taken, field, message) in [
+                (username_taken, "username", model::USERNAME_TAKEN),
+                (email_taken, "email", model::EMAIL_TAKEN),
+            ] {
+                if taken {
+                    parsed
+                        .errors
+                        .entry(field.to_owned())
+                        .or_default()
+                        .push(message.to_owned());
+                }
+            }
+            if !parsed.errors.is_empty() {
+                bail!("{}", field_errors_line(&parsed.errors));
+            }
+            let new = NewUser {
+                username: username.clone(),
+                email: email.clone(),
+                password_hash: password::hash(&clear, iterations)?,
+                level: 1,
+                status: Status::Offline,
+                profile_picture: String::new(),
+                is_staff: *staff,
+            };
+            let user =
+                db::users::insert(&mut conn, &new, &model::timestamp_now()).map_err(|err| {
+                    if db::is_unique_violation(&err, "users.username") {
+                        anyhow::anyhow!("username: {}", model::USERNAME_TAKEN)
+                    } else if db::is_unique_violation(&err, "users.email") {
+                        anyhow::anyhow!("email: {}", model::EMAIL_TAKEN)
+                    } else {
+                        err.into()
+                    }
+                })?;
+            println!(
+                "created user {} (id {}{})",
+                user.username,
+                user.id,
+                if *staff { ", staff" } else { "" }
+            );
+            Ok(())
+        }
+        UserCommand::SetPassword {
+            username,
+            password_stdin,
+        } => {
+            let pool = open_db(config)?;
+            let mut conn = pool.get()?;
+            let account = db::users::by_username(&conn, username)?
+                .with_context(|| format!("no user named {username:?}"))?;
+            let clear = read_password(*password_stdin)?;
+            let problems = model::validate::password(
+                &clear,
+                Some(&account.user.username),
+                Some(&account.user.email),
+            );
+            if !problems.is_empty() {
+                bail!("password: {}", problems.join(" "));
+            }
+            let hash = password::hash(&clear, iterations)?;
+            db::users::set_password_hash(
+                &mut conn,
+                account.user.id,
+                &hash,
+                &model::timestamp_now(),
+            )?;
+            println!("password set for {}", account.user.username);
+            Ok(())
+        }
+        UserCommand::List => {
+            let pool = open_db(config)?;
+            let accounts = db::users::list_accounts(&*pool.get()?)?;
+            println!("id\tusername\temail\tlevel\tstatus\tstaff\tactive\tcreated_at");
+            for a in accounts {
+                let yes_no = |b: bool| if b { "yes" } else { "no" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    a.user.id,
+                    a.user.username,
+                    a.user.email,
+                    a.user.level,
+                    a.user.status.as_str(),
+                    yes_no(a.is_staff),
+                    yes_no(a.is_active),
+                    a.user.created_at
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The configuration: typed keys with their defaults, the TOML file, the
+//! `ROSTERD_*` environment overrides and the checks run before serving.
+//!
+//! Precedence: built-in defaults < config file < environment < flags. Flags
+//! are applied by the caller (`main.rs`) on the resolved [`Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The value `config.example.toml` shows for `auth.secret`; refused at start.
+pub const EXAMPLE_SECRET: &str = "change-me-to-64-random-hex-characters-from-rosterd-init-0000000";
+
+/// The shortest signing secret the server accepts, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The fewest PBKDF2 iterations accepted at all (the pbkdf2 crate's floor).
+pub const MIN_PBKDF2_ITERATIONS: u32 = 1_000;
+
+/// The default (and OWASP-recommended) PBKDF2-HMAC-SHA256 iteration count.
+pub const DEFAULT_PBKDF2_ITERATIONS: u32 = 600_000;
+
+/// The whole configuration, resolved once before anything serves.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listening and request limits.
+    pub server: ServerConfig,
+    /// `[database]`: the SQLite file.
+    pub database: DatabaseConfig,
+    /// `[auth]`: secret, password hashing, token lifetimes.
+    pub auth: AuthConfig,
+}
+
+/// `[server]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub bind: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8000".to_owned(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[database]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The SQLite file; `None` means `rosterd.sqlite3` in the platform data
+    /// directory.
+    pub path: Option<PathBuf>,
+    /// How long a writer waits for the write lock, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// Pooled SQLite connections.
+    pub pool_size: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            path: None,
+            busy_timeout_ms: 5_000,
+            pool_size: 8,
+        }
+    }
+}
+
+/// `[auth]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 signing secret; required, at least 32 bytes.
+    pub secret: Secret,
+    /// PBKDF2-HMAC-SHA256 iterations for new hashes.
+    pub pbkdf2_iterations: u32,
+    /// Access token lifetime, in seconds.
+    pub access_token_lifetime: u64,
+    /// Refresh token lifetime, in seconds.
+    pub refresh_token_lifetime: u64,
+    /// `iss` claim written into and required from every token, when set.
+    pub issuer: Option<String>,
+    /// `aud` claim written into and required from every token, when set.
+    pub audience: Option<String>,
+    /// Password hashes allowed to wait for a CPU before new ones get 503.
+    pub max_queued_hashes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: Secret::default(),
+            pbkdf2_iterations: DEFAULT_PBKDF2_ITERATIONS,
+            access_token_lifetime: 5 * 60,
+            refresh_token_lifetime: 24 * 60 * 60,
+            issuer: None,
+            audience: None,
+            max_queued_hashes: 64,
+        }
+    }
+}
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; only for signing keys.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How an environment value is read into the TOML tree.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+}
+
+/// Every config key as (section, key, kind): the source of the `ROSTERD_*`
+/// environment names. A unit test checks it against [`Config`].
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("server", "bind", Kind::Str),
+    ("server", "max_body_bytes", Kind::Int),
+    ("database", "path", Kind::Str),
+    ("database", "busy_timeout_ms", Kind::Int),
+    ("database", "pool_size", Kind::Int),
+    ("auth", "secret", Kind::Str),
+    ("auth", "pbkdf2_iterations", Kind::Int),
+    ("auth", "access_token_lifetime", Kind::Int),
+    ("auth", "refresh_token_lifetime", Kind::Int),
+    ("auth", "issuer", Kind::Str),
+    ("auth", "audience", Kind::Str),
+    ("auth", "max_queued_hashes", Kind::Int),
+];
+
+/// Short environment names for the keys everybody sets.
+const SHORT_NAMES: &[(&str, &str, &str)] = &[
+    ("ROSTERD_SECRET", "auth", "secret"),
+    ("ROSTERD_DB", "database", "path"),
+    ("ROSTERD_BIND", "server", "bind"),
+];
+
+/// `ROSTERD_*` variables that are not config keys but are read elsewhere.
+const OTHER_NAMES: &[&str] = &["ROSTERD_CONFIG"];
+
+/// The environment name of a key: `auth.pbkdf2_iterations` ->
+/// `ROSTERD_AUTH_PBKDF2_ITERATIONS`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!(
+        "ROSTERD_{}_{}",
+        section.to_ascii_uppercase(),
+        key.to_ascii_uppercase()
+    )
+}
+
+impl Config {
+    /// Builds the configuration from an optional TOML text and the
+    /// environment (`(name, value)` pairs; only `ROSTERD_*` are looked at).
+    /// `origin` names the file in error messages.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut tree: toml::Table = match toml_text {
+            Some(text) => toml::from_str(text).with_context(|| format!("cannot read {origin}"))?,
+            None => toml::Table::new(),
+        };
+        // Long names are applied after short ones, so the precise name wins.
+        let mut short = BTreeMap::new();
+        let mut long = BTreeMap::new();
+        for (name, value) in env {
+            if !name.starts_with("ROSTERD_") || OTHER_NAMES.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some((_, section, key)) = SHORT_NAMES.iter().find(|(n, _, _)| *n == name) {
+                let kind = kind_of(section, key);
+                short.insert(name.clone(), (*section, *key, kind, value));
+            } else if let Some((section, key, kind)) = KEYS
+                .iter()
+                .find(|(section, key, _)| env_name(section, key) == name)
+            {
+                long.insert(name.clone(), (*section, *key, *kind, value));
+            } else {
+                bail!(
+                    "unknown environment variable {name}: no config key has that name \
+                     (see config.example.toml for the keys; unset it to continue)"
+                );
+            }
+        }
+        for (name, (section, key, kind, value)) in short.into_iter().chain(long) {
+            let value =
+                match kind {
+                    Kind::Str => toml::Value::String(value),
+                    Kind::Int => toml::Value::Integer(value.trim().parse().with_context(|| {
+                        format!("{name} must be a whole number, not {value:?}")
+                    })?),
+                };
+            let table = tree
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match table {
+                toml::Value::Table(table) => {
+                    table.insert(key.to_owned(), value);
+                }
+                _ => bail!("in {origin}: [{section}] must be a table"),
+            }
+        }
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .with_context(|| format!("invalid configuration in {origin} or ROSTERD_* variables"))?;
+        config.check_values()?;
+        Ok(config)
+    }
+
+    /// Reads `path` (if it exists) and the process environment.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        Config::from_sources(
+            text.as_deref(),
+            &path.display().to_string(),
+            std::env::vars(),
+        )
+    }
+
+    /// Range checks that hold for every command (the secret is checked only
+    /// by [`Config::check_secret`], as only the server needs it).
+    fn check_values(&self) -> anyhow::Result<()> {
+        if self.auth.pbkdf2_iterations < MIN_PBKDF2_ITERATIONS {
+            bail!(
+                "auth.pbkdf2_iterations is {}, below the minimum of {MIN_PBKDF2_ITERATIONS}; \
+                 the default is {DEFAULT_PBKDF2_ITERATIONS}",
+                self.auth.pbkdf2_iterations
+            );
+        }
+        if self.auth.access_token_lifetime == 0 || self.auth.refresh_token_lifetime == 0 {
+            bail!(
+                "auth.access_token_lifetime and auth.refresh_token_lifetime must be at least 1 second"
+            );
+        }
+        if self.database.pool_size == 0 {
+            bail!("database.pool_size must be at least 1");
+        }
+        if self.server.max_body_bytes == 0 {
+            bail!("server.max_body_bytes must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Refuses a missing, short or example signing secret, saying how to fix it.
+    pub fn check_secret(&self, config_path: &Path) -> anyhow::Result<()> {
+        let secret = self.auth.secret.expose();
+        let fix = format!(
+            "set auth.secret in {} (run `rosterd init` to write a config with a fresh one) \
+             or set ROSTERD_SECRET to at least {MIN_SECRET_BYTES} random bytes, \
+             e.g. the output of `openssl rand -hex 32`",
+            config_path.display()
+        );
+        if secret.is_empty() {
+            bail!("no signing secret is configured: {fix}");
+        }
+        if secret == EXAMPLE_SECRET {
+            bail!("auth.secret is the example value from config.example.toml: {fix}");
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            bail!(
+                "auth.secret is {} bytes long, shorter than {MIN_SECRET_BYTES}: {fix}",
+                secret.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn kind_of(section: &str, key: &str) -> Kind {
+    KEYS.iter()
+        .find(|(s, k, _)| *s == section && *k == key)
+        .map_or(Kind::Str, |(_, _, kind)| *kind)
+}
+
+/// A fresh random secret: 64 hex characters (32 bytes of entropy).
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The text of a new config file holding `secret`.
+pub fn new_config_text(secret: &str) -> String {
+    format!(
+        "# rosterd configuration, written by `rosterd init`.\n\
+         # Every key and its default: see config.example.toml in the rosterd sources.\n\
+         # Keep this file private: it holds the token signing secret.\n\
+         \n\
+         [auth]\n\
+         secret = \"{secret}\"\n"
+    )
+}
+
+/// Writes a new config file with a fresh secret, readable by its owner
+/// only. Refuses to overwrite an existing file.
+pub fn write_new_config(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| {
+        if path.exists() {
+            format!(
+                "{} already exists; not overwriting it (its secret signs live tokens)",
+                path.display()
+            )
+        } else {
+            format!("cannot create {}", path.display())
+        }
+    })?;
+    file.write_all(new_config_text(&generate_secret()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        let config = Config::from_sources(None, "test", env(&[])).unwrap();
+        assert_eq!(config.server.bind, "127.0.0.1:8000");
+        assert_eq!(config.auth.pbkdf2_iterations, 600_000);
+        assert_eq!(config.auth.access_token_lifetime, 300);
+        assert_eq!(config.auth.refresh_token_lifetime, 86_400);
+        assert_eq!(config.server.max_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let text = "[auth]\npbkdf2_iterations = 2000\n[server]\nbind = \"127.0.0.1:1\"\n";
+        let config = Config::from_sources(
+            Some(text),
+            "test",
+            env(&[
+                ("ROSTERD_AUTH_PBKDF2_ITERATIONS", "3000"),
+                ("ROSTERD_BIND", "127.0.0.1:2"),
+                ("ROSTERD_SECRET", "s"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.auth.pbkdf2_iterations, 3000);
+        assert_eq!(config.server.bind, "127.0.0.1:2");
+        assert_eq!(config.auth.secret.expose(), "s");
+    }
+
+    #[test]
+    fn long_environment_name_wins_over_short_one() {
+        let config = Config::from_sources(
+            None,
+            "test",
+            env(&[("ROSTERD_SERVER_BIND", "a:1"), ("ROSTERD_BIND", "b:2")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.bind, "a:1");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_an_error() {
+        let err =
+            Config::from_sources(Some("[auth]\nsecrt = \"x\"\n"), "test", env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("secrt"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_environment_variable_is_an_error() {
+        let err =
+            Config::from_sources(None, "test", env(&[("ROSTERD_AUTH_SECRT", "x")])).unwrap_err();
+        assert!(err.to_string().contains("ROSTERD_AUTH_SECRT"));
+    }
+
+    #[test]
+    fn non_numeric_environment_value_is_an_error() {
+        let err = Config::from_sources(
+            None,
+            "test",
+            env(&[("ROSTERD_AUTH_PBKDF2_ITERATIONS", "many")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ROSTERD_AUTH_PBKDF2_ITERATIONS"));
+    }
+
+    #[test]
+    fn every_key_has_an_environment_twin_that_reaches_the_config() {
+        for (section, key, kind) in KEYS {
+            let value = match kind {
+                Kind::Str => "some-value",
+                Kind::Int => "4242",
+            };
+            let config =
+                Config::from_sources(None, "test", env(&[(&env_name(section, key), value)]))
+                    .unwrap_or_else(|e| panic!("{section}.{key}: {e:#}"));
+            let tree = toml::Value::try_from(&config).unwrap();
+            let got = tree.get(section).and_then(|s| s.get(key));
+            let rendered = match got {
+                Some(toml::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => panic!("{section}.{key} not in config"),
+            };
+            assert_eq!(rendered, value, "{section}.{key}");
+        }
+    }
+
+    #[test]
+    fn example_config_documents_every_key_and_parses_when_uncommented() {
+        let example = include_str!("../config.example.toml");
+        for (section, key, _) in KEYS {
+            assert!(
+                example.contains(&format!("# {key} = ")),
+                "config.example.toml lacks {section}.{key}"
+            );
+        }
+        let uncommented: String = example
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = Config::from_sources(Some(&uncommented), "example", env(&[])).unwrap();
+        assert_eq!(config.auth.secret.expose(), EXAMPLE_SECRET);
+        assert!(config.check_secret(Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn secret_checks_refuse_missing_short_and_example() {
+        let mut config = Config::default();
+        let path = Path::new("/etc/rosterd.toml");
+        assert!(
+            config
+                .check_secret(path)
+                .unwrap_err()
+                .to_string()
+                .contains("rosterd init")
+        );
+        config.auth.secret = Secret::new("short");
+        assert!(
+            config
+                .check_secret(path)
+                .unwrap_err()
+                .to_string()
+                .contains("32")
+        );
+        config.auth.secret = Secret::new(EXAMPLE_SECRET);
+        assert!(config.check_secret(path).is_err());
+        config.auth.secret = Secret::new(generate_secret());
+        config.check_secret(path).unwrap();
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let secret = Secret::new("hunter2-hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn too_few_iterations_are_refused() {
+        let err = Config::from_sources(
+            None,
+            "test",
+            env(&[("ROSTERD_AUTH_PBKDF2_ITERATIONS", "10")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pbkdf2_iterations"));
+    }
+}

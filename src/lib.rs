@@ -1,0 +1,50 @@
+//! rosterd: user accounts in one SQLite file, JWTs, and the JSON API of a
+//! Django REST Framework + simplejwt backend.
+//!
+//! Tests and `main.rs` drive it the same way: resolve a [`config::Config`],
+//! build an [`AppState`], bind a listener, and call [`run`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::mod_module_files)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod model;
+pub mod state;
+
+use std::future::Future;
+
+pub use api::routes;
+pub use state::AppState;
+
+/// Serves the API on an already-bound listener until `shutdown` resolves,
+/// then stops accepting, lets in-flight requests finish and closes the
+/// database.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = api::routes(state.clone());
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    // Checkpoint the WAL into the main file so a stopped server leaves one
+    // tidy file behind; the pool closes when the last clone drops.
+    let pool = state.pool.clone();
+    drop(state);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let conn = pool.get()?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    })
+    .await??;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `AppState`: what every handler shares (pool, config, keys, the hash
+//! gate), and the two ways work leaves the async workers: `db` for SQLite,
+//! `hashing` for PBKDF2.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+
+use crate::api::error::ApiError;
+use crate::auth::jwt::Keys;
+use crate::config::Config;
+use crate::db;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The SQLite connection pool.
+    pub pool: db::Pool,
+    /// The resolved configuration.
+    pub config: Arc<Config>,
+    /// JWT keys and lifetimes.
+    pub keys: Arc<Keys>,
+    /// Bounds concurrent and queued password hashes.
+    pub hashes: Arc<HashGate>,
+}
+
+impl AppState {
+    /// Opens (creating and migrating) the database named by the config and
+    /// builds the keys. The config's secret must already be checked.
+    pub fn new(config: Config) -> anyhow::Result<AppState> {
+        let path = config
+            .database
+            .path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .context("no database path configured (database.path / ROSTERD_DB / --db)")?;
+        let pool = db::open(&db::Options {
+            path,
+            busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
+            pool_size: config.database.pool_size,
+        })?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(AppState {
+            pool,
+            keys: Arc::new(Keys::new(&config.auth)),
+            hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool; the
+    /// connection goes back to the pool before the future resolves.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn).map_err(ApiError::from)
+        })
+        .await?
+    }
+
+    /// Runs `f` (which hashes a password, and may use the database) on the
+    /// blocking pool once a hashing slot is free: at most one hash per core
+    /// at a time, and at most `max_queued_hashes` waiting (503 past that).
+    pub async fn hashing<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&db::Pool) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self.hashes.acquire().await?;
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            // The permit lives as long as the hash, even if the client
+            // goes away and this future is dropped.
+            let _permit = permit;
+            f(&pool)
+        })
+        .await?
+    }
+}
+
+/// One slot per CPU core for password hashing, with a bounded queue.
+#[derive(Debug)]
+pub struct HashGate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HashGate {
+    /// `slots` concurrent hashes, `max_waiting` more queued.
+    pub fn new(slots: usize, max_waiting: usize) -> HashGate {
+        HashGate {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    /// Waits for a slot; `Busy` when the queue is full.
+    pub async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        if ahead >= self.max_waiting {
+            return Err(ApiError::Busy);
+        }
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gate_refuses_past_its_queue() {
+        let gate = Arc::new(HashGate::new(1, 1));
+        let held = gate.acquire().await.unwrap();
+        let queued = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.acquire().await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(gate.acquire().await, Err(ApiError::Busy)));
+        drop(held);
+        queued.await.unwrap().unwrap();
+        gate.acquire().await.unwrap();
+    }
+}
