@@ -32,3 +32,30 @@ CREATE TABLE users (
 -- registrations of one name cannot both succeed.
 CREATE UNIQUE INDEX users_username_unique ON users (username COLLATE NOCASE);
 CREATE UNIQUE INDEX users_email_unique ON users (email COLLATE NOCASE);
+
+-- migration 2
+-- Every token whose `iat` is before this instant (seconds since the epoch)
+-- is void: bumped by a password change, "log out everywhere" and
+-- deactivation, so no stolen token outlives them. Checked on every request.
+ALTER TABLE users ADD COLUMN tokens_valid_after INTEGER NOT NULL DEFAULT 0;
+
+-- Refresh tokens the server has to remember: blacklisted ones (log out),
+-- and with rotation on, every one issued, grouped by the login (`family`)
+-- they descend from, so reuse of a retired one can revoke the family.
+-- Rows are deleted once `expires_at` has passed: the token is dead anyway.
+CREATE TABLE refresh_tokens (
+    jti        TEXT    PRIMARY KEY,
+    -- Deleting a user deletes their rows; their tokens fail on the user
+    -- lookup anyway.
+    user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    family     TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    -- When rotation replaced it (NULL: still current).
+    retired_at INTEGER,
+    -- 1: never accepted again (blacklisted or its family revoked).
+    revoked    INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+) WITHOUT ROWID;
+
+CREATE INDEX refresh_tokens_expiry ON refresh_tokens (expires_at);
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
+CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod filters;
+pub mod throttle;
 pub mod token;
 pub mod users;
 

@@ -71,6 +71,24 @@ pub enum UserCommand {
     },
     /// List every user with their flags
     List,
+    /// Deactivate a user: they cannot log in, and their tokens stop working
+    Deactivate {
+        /// The username
+        #[arg(long)]
+        username: String,
+    },
+    /// Activate a deactivated user
+    Activate {
+        /// The username
+        #[arg(long)]
+        username: String,
+    },
+    /// Delete a user for good (their id is never reused)
+    Delete {
+        /// The username
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[cfg(test)]

@@ -235,6 +235,14 @@ fn field_errors_line(errors: &model::FieldErrors) -> String {
         .join("; ")
 }
 
+fn find_user(conn: &rusqlite::Connection, username: &str) -> anyhow::Result<model::Account> {
+    db::users::by_username(conn, username)?.with_context(|| format!("no user named {username:?}"))
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(crate::auth::jwt::now()).unwrap_or(i64::MAX)
+}
+
 fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
     let iterations = config.auth.pbkdf2_iterations;
     match command {
@@ -306,8 +314,7 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
         } => {
             let pool = open_db(config)?;
             let mut conn = pool.get()?;
-            let account = db::users::by_username(&conn, username)?
-                .with_context(|| format!("no user named {username:?}"))?;
+            let account = find_user(&conn, username)?;
             let clear = read_password(*password_stdin)?;
             let problems = model::validate::password(
                 &clear,
@@ -322,9 +329,43 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
                 &mut conn,
                 account.user.id,
                 &hash,
+                unix_now(),
                 &model::timestamp_now(),
             )?;
-            println!("password set for {}", account.user.username);
+            println!(
+                "password set for {}; their existing tokens no longer work",
+                account.user.username
+            );
+            Ok(())
+        }
+        UserCommand::Deactivate { username } | UserCommand::Activate { username } => {
+            let active = matches!(command, UserCommand::Activate { .. });
+            let pool = open_db(config)?;
+            let mut conn = pool.get()?;
+            let account = find_user(&conn, username)?;
+            db::users::set_active(
+                &mut conn,
+                account.user.id,
+                active,
+                unix_now(),
+                &model::timestamp_now(),
+            )?;
+            if active {
+                println!("activated {}", account.user.username);
+            } else {
+                println!(
+                    "deactivated {}; their tokens no longer work",
+                    account.user.username
+                );
+            }
+            Ok(())
+        }
+        UserCommand::Delete { username } => {
+            let pool = open_db(config)?;
+            let mut conn = pool.get()?;
+            let account = find_user(&conn, username)?;
+            db::users::delete(&mut conn, account.user.id)?;
+            println!("deleted {} (id {})", account.user.username, account.user.id);
             Ok(())
         }
         UserCommand::List => {

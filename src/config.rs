@@ -33,6 +33,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[auth]`: secret, password hashing, token lifetimes.
     pub auth: AuthConfig,
+    /// `[registration]`: who may create accounts.
+    pub registration: RegistrationConfig,
+    /// `[rate_limit]`: login throttling.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[server]` keys.
@@ -43,6 +47,8 @@ pub struct ServerConfig {
     pub bind: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: u64,
+    /// Peers (IP addresses) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +56,43 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: "127.0.0.1:8000".to_owned(),
             max_body_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[registration]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Anyone may register; when false, only staff create users.
+    pub open: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig { open: true }
+    }
+}
+
+/// `[rate_limit]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Throttle password attempts at all.
+    pub enabled: bool,
+    /// Password attempts per username per minute (also the burst).
+    pub per_username_per_minute: u32,
+    /// Password attempts per client address per minute (also the burst).
+    pub per_address_per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            per_username_per_minute: 5,
+            per_address_per_minute: 30,
         }
     }
 }
@@ -95,6 +138,10 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Password hashes allowed to wait for a CPU before new ones get 503.
     pub max_queued_hashes: usize,
+    /// Refresh answers a new refresh token too and retires the old one.
+    pub rotate_refresh_tokens: bool,
+    /// Seconds a retired refresh token still works (two tabs refreshing).
+    pub rotation_grace_period: u64,
 }
 
 impl Default for AuthConfig {
@@ -107,6 +154,8 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             max_queued_hashes: 64,
+            rotate_refresh_tokens: false,
+            rotation_grace_period: 10,
         }
     }
 }
@@ -139,6 +188,9 @@ impl fmt::Debug for Secret {
 enum Kind {
     Str,
     Int,
+    Bool,
+    /// Comma-separated strings.
+    List,
 }
 
 /// Every config key as (section, key, kind): the source of the `ROSTERD_*`
@@ -146,6 +198,7 @@ enum Kind {
 const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "bind", Kind::Str),
     ("server", "max_body_bytes", Kind::Int),
+    ("server", "trusted_proxies", Kind::List),
     ("database", "path", Kind::Str),
     ("database", "busy_timeout_ms", Kind::Int),
     ("database", "pool_size", Kind::Int),
@@ -156,6 +209,12 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("auth", "issuer", Kind::Str),
     ("auth", "audience", Kind::Str),
     ("auth", "max_queued_hashes", Kind::Int),
+    ("auth", "rotate_refresh_tokens", Kind::Bool),
+    ("auth", "rotation_grace_period", Kind::Int),
+    ("registration", "open", Kind::Bool),
+    ("rate_limit", "enabled", Kind::Bool),
+    ("rate_limit", "per_username_per_minute", Kind::Int),
+    ("rate_limit", "per_address_per_minute", Kind::Int),
 ];
 
 /// Short environment names for the keys everybody sets.
@@ -220,6 +279,19 @@ impl Config {
                     Kind::Int => toml::Value::Integer(value.trim().parse().with_context(|| {
                         format!("{name} must be a whole number, not {value:?}")
                     })?),
+                    Kind::Bool => {
+                        toml::Value::Boolean(parse_bool(&value).with_context(|| {
+                            format!("{name} must be true or false, not {value:?}")
+                        })?)
+                    }
+                    Kind::List => toml::Value::Array(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|item| !item.is_empty())
+                            .map(|item| toml::Value::String(item.to_owned()))
+                            .collect(),
+                    ),
                 };
             let table = tree
                 .entry(section)
@@ -275,6 +347,19 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be at least 1");
         }
+        for proxy in &self.server.trusted_proxies {
+            if proxy.parse::<std::net::IpAddr>().is_err() {
+                bail!("server.trusted_proxies: {proxy:?} is not an IP address");
+            }
+        }
+        if self.rate_limit.per_username_per_minute == 0
+            || self.rate_limit.per_address_per_minute == 0
+        {
+            bail!(
+                "rate_limit.per_username_per_minute and rate_limit.per_address_per_minute \
+                 must be at least 1 (set rate_limit.enabled = false to turn throttling off)"
+            );
+        }
         Ok(())
     }
 
@@ -300,6 +385,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -440,6 +533,8 @@ mod tests {
             let value = match kind {
                 Kind::Str => "some-value",
                 Kind::Int => "4242",
+                Kind::Bool => "false",
+                Kind::List => "127.0.0.1",
             };
             let config =
                 Config::from_sources(None, "test", env(&[(&env_name(section, key), value)]))
@@ -448,6 +543,11 @@ mod tests {
             let got = tree.get(section).and_then(|s| s.get(key));
             let rendered = match got {
                 Some(toml::Value::String(s)) => s.clone(),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .filter_map(toml::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 Some(other) => other.to_string(),
                 None => panic!("{section}.{key} not in config"),
             };

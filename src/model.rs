@@ -41,6 +41,8 @@ pub struct Account {
     pub is_staff: bool,
     /// May log in and use tokens.
     pub is_active: bool,
+    /// Tokens issued (`iat`) before this second are void.
+    pub tokens_valid_after: i64,
 }
 
 /// Presence status.

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 
 use crate::api::error::ApiError;
+use crate::api::throttle::Throttle;
 use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Bounds concurrent and queued password hashes.
     pub hashes: Arc<HashGate>,
+    /// Password-attempt limits.
+    pub throttle: Arc<Throttle>,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             pool,
             keys: Arc::new(Keys::new(&config.auth)),
             hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
+            throttle: Arc::new(Throttle::new(&config.rate_limit, &config.server)),
             config: Arc::new(config),
         })
     }

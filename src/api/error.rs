@@ -47,6 +47,11 @@ pub enum ApiError {
     PayloadTooLarge(u64),
     /// 415: a body that is not JSON; holds the `Content-Type` sent.
     UnsupportedMediaType(String),
+    /// 429 with `Retry-After`: too many password attempts.
+    Throttled {
+        /// How long until the next attempt is allowed.
+        wait: std::time::Duration,
+    },
     /// 503 with `Retry-After`: too many password hashes queued.
     Busy,
     /// 503: the database stayed locked or the pool had no connection.
@@ -159,6 +164,14 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 &format!("Unsupported media type \"{media}\" in request."),
             ),
+            Throttled { wait } => {
+                let seconds = super::throttle::retry_after_seconds(*wait);
+                let unit = if seconds == 1 { "second" } else { "seconds" };
+                detail(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("Request was throttled. Expected available in {seconds} {unit}."),
+                )
+            }
             Busy => detail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is busy. Try again shortly.",
@@ -227,6 +240,10 @@ pub fn error_response(err: &ApiError) -> Response {
         }
         (_, ApiError::MethodNotAllowed { allow, .. }) => {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        (_, ApiError::Throttled { wait }) => {
+            let seconds = super::throttle::retry_after_seconds(*wait);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         (StatusCode::SERVICE_UNAVAILABLE, _) => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

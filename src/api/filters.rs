@@ -104,12 +104,23 @@ where
 }
 
 /// The caller of an authenticated request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// The user's id.
     pub id: i64,
+    /// The username.
+    pub username: String,
     /// Whether the user is staff (read from the database on this request).
     pub is_staff: bool,
+}
+
+/// The client's address for throttling (see `Throttle::client_address`).
+pub fn client_address(
+    state: AppState,
+) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = std::convert::Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .map(move |peer, headers: HeaderMap| state.throttle.client_address(peer, &headers))
 }
 
 /// Requires a valid access token whose user exists and is active, checked
@@ -148,7 +159,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<&[u8], ApiError> {
     }
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Authenticates the request's `Authorization` header (see
+/// [`authenticated`]).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = bearer_token(headers)?;
     let token = std::str::from_utf8(token)
         .map_err(|_| ApiError::InvalidAccessToken(crate::auth::jwt::TokenError::Invalid))?;
@@ -157,13 +170,20 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, A
         .decode(token, TokenType::Access)
         .map_err(ApiError::InvalidAccessToken)?;
     let id = claims.user_id().ok_or(ApiError::UserNotFound)?;
-    let staff = state
-        .db(move |conn| crate::db::users::active_staff_flag(conn, id))
-        .await?;
-    match staff {
-        Some(is_staff) => Ok(Caller { id, is_staff }),
-        None => Err(ApiError::UserNotFound),
+    let user = state
+        .db(move |conn| crate::db::users::auth_state(conn, id))
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    if claims.is_void(user.tokens_valid_after) {
+        return Err(ApiError::InvalidAccessToken(
+            crate::auth::jwt::TokenError::Blacklisted,
+        ));
     }
+    Ok(Caller {
+        id,
+        username: user.username,
+        is_staff: user.is_staff,
+    })
 }
 
 /// Answers, for a known path, OPTIONS (200 with `Allow`, as DRF's metadata)

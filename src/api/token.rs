@@ -1,4 +1,7 @@
-//! POST /api/token and POST /api/token/refresh: logging in and refreshing.
+//! /api/token...: logging in, refreshing (with optional rotation),
+//! verifying and blacklisting tokens.
+
+use std::net::IpAddr;
 
 use serde_json::json;
 use warp::Filter;
@@ -7,11 +10,12 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiError, json_response};
-use super::filters::{self, RawBody, with_state};
+use super::filters::{self, RawBody, client_address, with_state};
 use crate::AppState;
-use crate::auth::jwt::TokenType;
+use crate::auth::jwt::{Claims, TokenError, TokenType, now};
 use crate::auth::password;
 use crate::db;
+use crate::db::tokens::{Issued, Rotation};
 use crate::model::{self, FieldErrors};
 
 /// Passwords longer than this (in bytes) are refused without hashing.
@@ -21,11 +25,14 @@ pub const MAX_PASSWORD_BYTES: usize = 4096;
 pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let obtain_path = || warp::path!("api" / "token");
     let refresh_path = || warp::path!("api" / "token" / "refresh");
+    let verify_path = || warp::path!("api" / "token" / "verify");
+    let blacklist_path = || warp::path!("api" / "token" / "blacklist");
 
     // POST /api/token
     let obtain = obtain_path()
         .and(warp::post())
         .and(filters::body(max_body))
+        .and(client_address(state.clone()))
         .and(with_state(state.clone()))
         .then(obtain)
         .map(filters::reply);
@@ -34,15 +41,32 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let refresh = refresh_path()
         .and(warp::post())
         .and(filters::body(max_body))
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(refresh)
         .map(filters::reply);
 
+    // POST /api/token/verify
+    let verify = verify_path()
+        .and(warp::post())
+        .and(filters::body(max_body))
+        .and(with_state(state.clone()))
+        .then(verify)
+        .map(filters::reply);
+
+    // POST /api/token/blacklist
+    let blacklist = blacklist_path()
+        .and(warp::post())
+        .and(filters::body(max_body))
+        .and(with_state(state))
+        .then(blacklist)
+        .map(filters::reply);
+
+    let post_only = "POST, OPTIONS";
     obtain
         .or(filters::other_methods(
             obtain_path(),
             "Token Obtain Pair",
-            "POST, OPTIONS",
+            post_only,
         ))
         .unify()
         .or(refresh)
@@ -50,14 +74,30 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         .or(filters::other_methods(
             refresh_path(),
             "Token Refresh",
-            "POST, OPTIONS",
+            post_only,
+        ))
+        .unify()
+        .or(verify)
+        .unify()
+        .or(filters::other_methods(
+            verify_path(),
+            "Token Verify",
+            post_only,
+        ))
+        .unify()
+        .or(blacklist)
+        .unify()
+        .or(filters::other_methods(
+            blacklist_path(),
+            "Token Blacklist",
+            post_only,
         ))
         .unify()
         .boxed()
 }
 
 /// Reads the named non-blank string fields of a JSON object body.
-fn text_fields<const N: usize>(
+pub fn text_fields<const N: usize>(
     body: &RawBody,
     fields: [(&str, bool); N],
 ) -> Result<[String; N], ApiError> {
@@ -74,28 +114,51 @@ fn text_fields<const N: usize>(
     }
 }
 
-async fn obtain(body: RawBody, state: AppState) -> Result<Response, ApiError> {
+fn now_i64() -> i64 {
+    i64::try_from(now()).unwrap_or(i64::MAX)
+}
+
+async fn obtain(
+    body: RawBody,
+    address: Option<IpAddr>,
+    state: AppState,
+) -> Result<Response, ApiError> {
     let [username, password] = text_fields(&body, [("username", true), ("password", false)])?;
+    state.throttle.attempt(&username, address)?;
     if password.len() > MAX_PASSWORD_BYTES {
         // No stored password can be this long: refuse without hashing.
         return Err(ApiError::NoActiveAccount);
     }
     let iterations = state.config.auth.pbkdf2_iterations;
-    let user_id = state
+    let (user_id, valid_after) = state
         .hashing(move |pool| check_credentials(pool, &username, &password, iterations))
         .await?;
-    let pair = state.keys.issue_pair(user_id)?;
+    let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;
+    if state.config.auth.rotate_refresh_tokens {
+        state
+            .db(move |conn| db::tokens::record_login(conn, &issued(&refresh), now_i64()))
+            .await?;
+    }
     Ok(json_response(StatusCode::OK, &json!(pair)))
+}
+
+fn issued(claims: &Claims) -> Issued<'_> {
+    Issued {
+        jti: &claims.jti,
+        user_id: claims.user_id().unwrap_or(0),
+        expires_at: claims.expires_at(),
+    }
 }
 
 /// Spends exactly one hash whether or not the username exists, and
 /// upgrades the stored hash when it was made with other parameters.
+/// Returns the user's id and `tokens_valid_after`.
 fn check_credentials(
     pool: &db::Pool,
     username: &str,
     clear: &str,
     iterations: u32,
-) -> Result<i64, ApiError> {
+) -> Result<(i64, i64), ApiError> {
     // No connection is held while hashing.
     let account = db::users::by_username(&*pool.get()?, username)?;
     let Some(account) = account else {
@@ -121,22 +184,111 @@ fn check_credentials(
             );
         }
     }
-    Ok(id)
+    Ok((id, account.tokens_valid_after))
+}
+
+/// Decodes a refresh token and checks it against the database: its user
+/// exists and is active, it was not voided by a logout-all or password
+/// change, and (`check_blacklist`) it is not blacklisted.
+async fn checked_refresh(
+    state: &AppState,
+    token: &str,
+    check_blacklist: bool,
+) -> Result<(Claims, i64), ApiError> {
+    let claims = state
+        .keys
+        .decode(token, TokenType::Refresh)
+        .map_err(ApiError::InvalidToken)?;
+    let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
+    let jti = claims.jti.clone();
+    let (user, revoked) = state
+        .db(move |conn| {
+            let user = db::users::auth_state(conn, id)?;
+            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti)?;
+            Ok((user, revoked))
+        })
+        .await?;
+    if revoked {
+        return Err(ApiError::InvalidToken(TokenError::Blacklisted));
+    }
+    let user = user.ok_or(ApiError::NoActiveAccountForToken)?;
+    if claims.is_void(user.tokens_valid_after) {
+        return Err(ApiError::InvalidToken(TokenError::Blacklisted));
+    }
+    Ok((claims, user.tokens_valid_after))
 }
 
 async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
+    let [token] = text_fields(&body, [("refresh", false)])?;
+    let rotate = state.config.auth.rotate_refresh_tokens;
+    // Under rotation the blacklist check happens inside `rotate`, in the
+    // same transaction as the retirement.
+    let (claims, valid_after) = checked_refresh(&state, &token, !rotate).await?;
+    let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
+    if !rotate {
+        let access = state.keys.issue(TokenType::Access, id, valid_after)?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "access": access.token }),
+        ));
+    }
+    let (pair, new) = state.keys.issue_pair(id, valid_after)?;
+    let grace = i64::try_from(state.config.auth.rotation_grace_period).unwrap_or(i64::MAX);
+    let outcome = state
+        .db(move |conn| db::tokens::rotate(conn, &issued(&claims), &issued(&new), now_i64(), grace))
+        .await?;
+    match outcome {
+        Rotation::Rotated => Ok(json_response(StatusCode::OK, &json!(pair))),
+        Rotation::Revoked => Err(ApiError::InvalidToken(TokenError::Blacklisted)),
+        Rotation::ReuseDetected => {
+            tracing::warn!(
+                user_id = id,
+                "retired refresh token reused after the grace window: family revoked"
+            );
+            Err(ApiError::InvalidToken(TokenError::Blacklisted))
+        }
+    }
+}
+
+async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
+    let [token] = text_fields(&body, [("token", false)])?;
+    let claims = state
+        .keys
+        .decode_any(&token)
+        .map_err(ApiError::InvalidToken)?;
+    if claims.token_type == TokenType::Refresh.as_str() {
+        checked_refresh(&state, &token, true)
+            .await
+            .map_err(|err| match err {
+                ApiError::NoActiveAccountForToken => ApiError::InvalidToken(TokenError::Invalid),
+                other => other,
+            })?;
+    } else {
+        let id = claims
+            .user_id()
+            .ok_or(ApiError::InvalidToken(TokenError::Invalid))?;
+        let user = state
+            .db(move |conn| db::users::auth_state(conn, id))
+            .await?
+            .ok_or(ApiError::InvalidToken(TokenError::Invalid))?;
+        if claims.is_void(user.tokens_valid_after) {
+            return Err(ApiError::InvalidToken(TokenError::Blacklisted));
+        }
+    }
+    Ok(json_response(StatusCode::OK, &json!({})))
+}
+
+async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = text_fields(&body, [("refresh", false)])?;
     let claims = state
         .keys
         .decode(&token, TokenType::Refresh)
         .map_err(ApiError::InvalidToken)?;
-    let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
-    let active = state
-        .db(move |conn| db::users::active_staff_flag(conn, id))
+    let newly = state
+        .db(move |conn| db::tokens::blacklist(conn, &issued(&claims), now_i64()))
         .await?;
-    if active.is_none() {
-        return Err(ApiError::NoActiveAccountForToken);
+    if !newly {
+        return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }
-    let access = state.keys.issue(TokenType::Access, id)?;
-    Ok(json_response(StatusCode::OK, &json!({ "access": access })))
+    Ok(json_response(StatusCode::OK, &json!({})))
 }

@@ -8,7 +8,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, ResultExt};
-use super::filters::{self, Caller, RawBody, authenticated, get_or_head, with_state};
+use super::filters::{
+    self, Caller, RawBody, authenticated, client_address, get_or_head, with_state,
+};
+use super::token::{MAX_PASSWORD_BYTES, text_fields};
 use crate::AppState;
 use crate::auth::password;
 use crate::db;
@@ -16,6 +19,7 @@ use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
     timestamp_now,
 };
+use warp::http::HeaderMap;
 
 /// A path segment naming one user: anything but `me`, which has its own
 /// routes. Parsed into an id after authentication, as DRF looks up the
@@ -65,9 +69,30 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // POST /api/users
     let create = list_path()
         .and(warp::post())
+        .and(warp::header::headers_cloned())
         .and(filters::body(max_body))
         .and(state_())
         .then(create)
+        .map(filters::reply);
+
+    // POST /api/users/me/password
+    let password_path = || warp::path!("api" / "users" / "me" / "password");
+    let change_password = password_path()
+        .and(warp::post())
+        .and(auth())
+        .and(filters::body(max_body))
+        .and(client_address(state.clone()))
+        .and(state_())
+        .then(change_password)
+        .map(filters::reply);
+
+    // POST /api/users/me/logout-all
+    let logout_all_path = || warp::path!("api" / "users" / "me" / "logout-all");
+    let logout_all = logout_all_path()
+        .and(warp::post())
+        .and(auth())
+        .and(state_())
+        .then(logout_all)
         .map(filters::reply);
 
     // GET /api/users/me
@@ -127,6 +152,22 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         ))
         .unify()
         .or(me)
+        .unify()
+        .or(change_password)
+        .unify()
+        .or(filters::other_methods(
+            password_path(),
+            "Password Change",
+            "POST, OPTIONS",
+        ))
+        .unify()
+        .or(logout_all)
+        .unify()
+        .or(filters::other_methods(
+            logout_all_path(),
+            "Logout All",
+            "POST, OPTIONS",
+        ))
         .unify()
         .or(filters::other_methods(
             me_path(),
@@ -198,7 +239,16 @@ async fn check_taken(
     Ok(())
 }
 
-async fn create(body: RawBody, state: AppState) -> Result<Response, ApiError> {
+async fn create(headers: HeaderMap, body: RawBody, state: AppState) -> Result<Response, ApiError> {
+    if !state.config.registration.open {
+        // Closed registration: only staff create users. No credentials at
+        // all is a 403 too, as the config documents.
+        match filters::authenticate(&state, &headers).await {
+            Ok(caller) if caller.is_staff => {}
+            Ok(_) | Err(ApiError::NotAuthenticated) => return Err(ApiError::Forbidden),
+            Err(err) => return Err(err),
+        }
+    }
     let value = body.json()?;
     let mut parsed =
         parse_user_body(&value, Required::Registration).map_err(ApiError::Validation)?;
@@ -285,5 +335,59 @@ async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Respon
     if !deleted {
         return Err(ApiError::NotFound);
     }
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
+
+async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiError> {
+    let now = unix_now();
+    state
+        .db(move |conn| db::users::revoke_tokens(conn, caller.id, now))
+        .await?;
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(crate::auth::jwt::now()).unwrap_or(i64::MAX)
+}
+
+/// The message Django's password change form gives for a wrong old password.
+pub const WRONG_OLD_PASSWORD: &str =
+    "Your old password was entered incorrectly. Please enter it again.";
+
+async fn change_password(
+    caller: Caller,
+    body: RawBody,
+    address: Option<std::net::IpAddr>,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let [old, new] = text_fields(&body, [("old_password", false), ("new_password", false)])?;
+    state.throttle.attempt(&caller.username, address)?;
+    if old.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
+    }
+    let iterations = state.config.auth.pbkdf2_iterations;
+    let id = caller.id;
+    state
+        .hashing(move |pool| {
+            let account = db::users::by_id(&*pool.get()?, id)?.ok_or(ApiError::UserNotFound)?;
+            if !password::verify(&old, &account.password_hash) {
+                return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
+            }
+            let problems = crate::model::validate::password(
+                &new,
+                Some(&account.user.username),
+                Some(&account.user.email),
+            );
+            if !problems.is_empty() {
+                return Err(ApiError::Validation(
+                    [("new_password".to_owned(), problems)].into(),
+                ));
+            }
+            let hash = password::hash(&new, iterations)?;
+            let mut conn = pool.get()?;
+            db::users::set_password_hash(&mut conn, id, &hash, unix_now(), &timestamp_now())?;
+            Ok(())
+        })
+        .await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }

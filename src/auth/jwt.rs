@@ -55,6 +55,16 @@ impl Claims {
     pub fn user_id(&self) -> Option<i64> {
         self.user_id.parse().ok().filter(|id| *id > 0)
     }
+
+    /// Whether the token was issued before the user's `tokens_valid_after`.
+    pub fn is_void(&self, tokens_valid_after: i64) -> bool {
+        i64::try_from(self.iat).map_or(true, |iat| iat < tokens_valid_after)
+    }
+
+    /// `exp` as stored in the database.
+    pub fn expires_at(&self) -> i64 {
+        i64::try_from(self.exp).unwrap_or(i64::MAX)
+    }
 }
 
 /// Why a token was refused; the texts are simplejwt's.
@@ -66,6 +76,8 @@ pub enum TokenError {
     Expired,
     /// A valid token of the other type.
     WrongType,
+    /// Blacklisted, or void since a logout, password change or theft.
+    Blacklisted,
 }
 
 impl TokenError {
@@ -75,6 +87,7 @@ impl TokenError {
             TokenError::Invalid => "Token is invalid",
             TokenError::Expired => "Token is expired",
             TokenError::WrongType => "Token has wrong type",
+            TokenError::Blacklisted => "Token is blacklisted",
         }
     }
 }
@@ -97,6 +110,15 @@ impl std::fmt::Debug for Keys {
             .field("refresh_lifetime", &self.refresh_lifetime)
             .finish_non_exhaustive()
     }
+}
+
+/// A signed token with its claims.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The compact JWT.
+    pub token: String,
+    /// What it says.
+    pub claims: Claims,
 }
 
 /// A fresh access + refresh pair.
@@ -156,9 +178,11 @@ impl Keys {
         }
     }
 
-    /// Signs one token of `kind` for `user_id`.
-    pub fn issue(&self, kind: TokenType, user_id: i64) -> anyhow::Result<String> {
-        let iat = now();
+    /// Signs one token of `kind` for `user_id`. Its `iat` is at least
+    /// `not_before` (the user's `tokens_valid_after`), so a token issued
+    /// right after a revocation, within the same second, is not void.
+    pub fn issue(&self, kind: TokenType, user_id: i64, not_before: i64) -> anyhow::Result<Signed> {
+        let iat = now().max(u64::try_from(not_before).unwrap_or(0));
         let lifetime = match kind {
             TokenType::Access => self.access_lifetime,
             TokenType::Refresh => self.refresh_lifetime,
@@ -172,19 +196,21 @@ impl Keys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )?)
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok(Signed { token, claims })
     }
 
-    /// A fresh pair for `user_id`.
-    pub fn issue_pair(&self, user_id: i64) -> anyhow::Result<Pair> {
-        Ok(Pair {
-            access: self.issue(TokenType::Access, user_id)?,
-            refresh: self.issue(TokenType::Refresh, user_id)?,
-        })
+    /// A fresh pair for `user_id`; the refresh token's claims come along.
+    pub fn issue_pair(&self, user_id: i64, not_before: i64) -> anyhow::Result<(Pair, Claims)> {
+        let access = self.issue(TokenType::Access, user_id, not_before)?;
+        let refresh = self.issue(TokenType::Refresh, user_id, not_before)?;
+        Ok((
+            Pair {
+                access: access.token,
+                refresh: refresh.token,
+            },
+            refresh.claims,
+        ))
     }
 
     /// Verifies `token` as a token of `expected` type.
@@ -236,7 +262,7 @@ mod tests {
     #[test]
     fn an_issued_token_decodes_as_its_type_only() {
         let keys = keys();
-        let pair = keys.issue_pair(7).unwrap();
+        let (pair, _) = keys.issue_pair(7, 0).unwrap();
         let claims = keys.decode(&pair.access, TokenType::Access).unwrap();
         assert_eq!(claims.user_id, "7");
         assert_eq!(claims.exp - claims.iat, 300);
@@ -252,7 +278,7 @@ mod tests {
 
     #[test]
     fn another_secret_or_a_changed_byte_is_invalid() {
-        let token = keys().issue(TokenType::Access, 1).unwrap();
+        let token = keys().issue(TokenType::Access, 1, 0).unwrap().token;
         let other = Keys::new(&AuthConfig {
             secret: Secret::new("z".repeat(40)),
             ..AuthConfig::default()
@@ -269,6 +295,16 @@ mod tests {
             keys().decode(&tampered, TokenType::Access).unwrap_err(),
             TokenError::Invalid
         );
+    }
+
+    #[test]
+    fn a_token_issued_after_a_revocation_in_the_same_second_is_not_void() {
+        let keys = keys();
+        let valid_after = i64::try_from(now()).unwrap() + 1;
+        let signed = keys.issue(TokenType::Access, 1, valid_after).unwrap();
+        assert!(!signed.claims.is_void(valid_after));
+        let before = keys.issue(TokenType::Access, 1, 0).unwrap();
+        assert!(before.claims.is_void(valid_after));
     }
 
     #[test]
@@ -300,10 +336,10 @@ mod tests {
             ..AuthConfig::default()
         };
         let strict = Keys::new(&auth);
-        let token = strict.issue(TokenType::Access, 3).unwrap();
+        let token = strict.issue(TokenType::Access, 3, 0).unwrap().token;
         let claims = strict.decode(&token, TokenType::Access).unwrap();
         assert_eq!(claims.iss.as_deref(), Some("rosterd"));
-        let plain = keys().issue(TokenType::Access, 3).unwrap();
+        let plain = keys().issue(TokenType::Access, 3, 0).unwrap().token;
         assert_eq!(
             strict.decode(&plain, TokenType::Access).unwrap_err(),
             TokenError::Invalid

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::model::{Account, NewUser, Status, User, UserChanges};
 
 const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
-                       password_hash, is_staff, is_active";
+                       password_hash, is_staff, is_active, tokens_valid_after";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let status: String = row.get(4)?;
@@ -23,6 +23,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         password_hash: row.get(8)?,
         is_staff: row.get(9)?,
         is_active: row.get(10)?,
+        tokens_valid_after: row.get(11)?,
     })
 }
 
@@ -66,12 +67,70 @@ pub fn by_username(conn: &Connection, username: &str) -> rusqlite::Result<Option
         .optional()
 }
 
-/// Whether the user may act at all: `Some(is_staff)` for an existing,
-/// active user, `None` otherwise. Checked on every authenticated request.
-pub fn active_staff_flag(conn: &Connection, id: i64) -> rusqlite::Result<Option<bool>> {
-    conn.prepare_cached("SELECT is_staff FROM users WHERE id = ?1 AND is_active = 1")?
-        .query_row([id], |row| row.get(0))
-        .optional()
+/// What every authenticated request needs to know about its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthState {
+    /// The username (throttling key of the password endpoint).
+    pub username: String,
+    /// Staff may edit anyone.
+    pub is_staff: bool,
+    /// Tokens issued before this second are void.
+    pub tokens_valid_after: i64,
+}
+
+/// The auth state of an existing, active user; `None` for a missing or
+/// inactive one. Checked on every authenticated request.
+pub fn auth_state(conn: &Connection, id: i64) -> rusqlite::Result<Option<AuthState>> {
+    conn.prepare_cached(
+        "SELECT username, is_staff, tokens_valid_after FROM users WHERE id = ?1 AND is_active = 1",
+    )?
+    .query_row([id], |row| {
+        Ok(AuthState {
+            username: row.get(0)?,
+            is_staff: row.get(1)?,
+            tokens_valid_after: row.get(2)?,
+        })
+    })
+    .optional()
+}
+
+/// The first second from which tokens are valid again after a revocation
+/// at `now`: every token issued up to now has `iat <= now < now + 1`.
+fn valid_after(now: i64) -> i64 {
+    now + 1
+}
+
+/// Voids every token of the user issued until now ("log out everywhere");
+/// `false` when the id is unknown.
+pub fn revoke_tokens(conn: &mut Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
+    super::write(conn, |tx| {
+        tx.execute(
+            "UPDATE users SET tokens_valid_after = max(tokens_valid_after, ?2) WHERE id = ?1",
+            params![id, valid_after(now)],
+        )
+        .map(|n| n == 1)
+    })
+}
+
+/// Activates or deactivates a user (deactivation voids their tokens);
+/// `false` when the id is unknown.
+pub fn set_active(
+    conn: &mut Connection,
+    id: i64,
+    active: bool,
+    now: i64,
+    timestamp: &str,
+) -> rusqlite::Result<bool> {
+    super::write(conn, |tx| {
+        tx.execute(
+            "UPDATE users SET is_active = ?2, updated_at = ?3, \
+             tokens_valid_after = CASE WHEN ?2 THEN tokens_valid_after \
+                                       ELSE max(tokens_valid_after, ?4) END \
+             WHERE id = ?1",
+            params![id, active, timestamp, valid_after(now)],
+        )
+        .map(|n| n == 1)
+    })
 }
 
 /// Whether another user (not `except`) holds this username / email.
@@ -144,17 +203,20 @@ pub fn update(
     })
 }
 
-/// Replaces a password hash; `false` when the id is unknown.
+/// Replaces a password hash and voids every token issued until now;
+/// `false` when the id is unknown.
 pub fn set_password_hash(
     conn: &mut Connection,
     id: i64,
     hash: &str,
-    now: &str,
+    now: i64,
+    timestamp: &str,
 ) -> rusqlite::Result<bool> {
     super::write(conn, |tx| {
         tx.execute(
-            "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, hash, now],
+            "UPDATE users SET password_hash = ?2, updated_at = ?3, \
+             tokens_valid_after = max(tokens_valid_after, ?4) WHERE id = ?1",
+            params![id, hash, timestamp, valid_after(now)],
         )
         .map(|n| n == 1)
     })

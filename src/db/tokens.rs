@@ -1,0 +1,215 @@
+//! Refresh token rows: the blacklist, rotation families, and pruning of
+//! rows whose token has expired anyway.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+/// What a refresh under rotation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was current (or retired within the grace window): the new
+    /// one is recorded in the same family.
+    Rotated,
+    /// The token was blacklisted or its family revoked.
+    Revoked,
+    /// A retired token came back after the grace window: its whole family
+    /// is now revoked.
+    ReuseDetected,
+}
+
+/// A token to record: its `jti`, owner and expiry.
+#[derive(Debug, Clone)]
+pub struct Issued<'a> {
+    /// The token's id.
+    pub jti: &'a str,
+    /// Its user.
+    pub user_id: i64,
+    /// Its `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Deletes rows whose token has expired: they can never be presented
+/// successfully again, so the table stays bounded.
+pub fn prune(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<usize> {
+    tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
+        .execute([now])
+}
+
+/// Whether this refresh token was blacklisted or its family revoked.
+pub fn is_revoked(conn: &Connection, jti: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT revoked FROM refresh_tokens WHERE jti = ?1")?
+        .query_row([jti], |row| row.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// Blacklists a refresh token; `false` when it already was. A token of a
+/// deleted user needs no row: it can never be used again anyway.
+pub fn blacklist(conn: &mut Connection, token: &Issued<'_>, now: i64) -> rusqlite::Result<bool> {
+    super::write(conn, |tx| {
+        prune(tx, now)?;
+        let user_exists: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?
+            .query_row([token.user_id], |row| row.get(0))?;
+        if !user_exists {
+            return Ok(true);
+        }
+        let changed = tx
+            .prepare_cached(
+                "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, revoked) \
+                 VALUES (?1, ?2, ?1, ?3, 1) \
+                 ON CONFLICT (jti) DO UPDATE SET revoked = 1 WHERE revoked = 0",
+            )?
+            .execute(params![token.jti, token.user_id, token.expires_at])?;
+        Ok(changed == 1)
+    })
+}
+
+/// Records the refresh token of a new login as the first of its family.
+pub fn record_login(conn: &mut Connection, token: &Issued<'_>, now: i64) -> rusqlite::Result<()> {
+    super::write(conn, |tx| {
+        prune(tx, now)?;
+        insert(tx, token, token.jti)
+    })
+}
+
+fn insert(tx: &Transaction<'_>, token: &Issued<'_>, family: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO refresh_tokens (jti, user_id, family, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![token.jti, token.user_id, family, token.expires_at])?;
+    Ok(())
+}
+
+/// Retires `old` in favour of `new` (same family), in one transaction.
+/// A token unknown to the table (issued before rotation was switched on)
+/// starts a family of its own.
+pub fn rotate(
+    conn: &mut Connection,
+    old: &Issued<'_>,
+    new: &Issued<'_>,
+    now: i64,
+    grace_seconds: i64,
+) -> rusqlite::Result<Rotation> {
+    super::write(conn, |tx| {
+        let row: Option<(String, Option<i64>, bool)> = tx
+            .prepare_cached(
+                "SELECT family, retired_at, revoked FROM refresh_tokens WHERE jti = ?1",
+            )?
+            .query_row([old.jti], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?;
+        let family = match row {
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, retired_at) \
+                     VALUES (?1, ?2, ?1, ?3, ?4)",
+                )?
+                .execute(params![old.jti, old.user_id, old.expires_at, now])?;
+                old.jti.to_owned()
+            }
+            Some((_, _, true)) => return Ok(Rotation::Revoked),
+            Some((family, Some(retired_at), false)) if now - retired_at > grace_seconds => {
+                tx.prepare_cached("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1")?
+                    .execute([&family])?;
+                return Ok(Rotation::ReuseDetected);
+            }
+            Some((family, retired_at, false)) => {
+                if retired_at.is_none() {
+                    tx.prepare_cached("UPDATE refresh_tokens SET retired_at = ?2 WHERE jti = ?1")?
+                        .execute(params![old.jti, now])?;
+                }
+                family
+            }
+        };
+        insert(tx, new, &family)?;
+        prune(tx, now)?;
+        Ok(Rotation::Rotated)
+    })
+}
+
+/// Number of rows kept; for tests and `doctor`-style checks.
+pub fn count(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM refresh_tokens", [], |row| row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+    use crate::model::{NewUser, Status};
+
+    fn setup() -> (tempfile::TempDir, db::Pool, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::open(&db::Options {
+            path: dir.path().join("t.sqlite3"),
+            busy_timeout: std::time::Duration::from_secs(1),
+            pool_size: 1,
+        })
+        .unwrap();
+        let user = NewUser {
+            username: "u".into(),
+            email: "u@example.com".into(),
+            password_hash: "x".into(),
+            level: 1,
+            status: Status::Offline,
+            profile_picture: String::new(),
+            is_staff: false,
+        };
+        let id = db::users::insert(&mut pool.get().unwrap(), &user, "t")
+            .unwrap()
+            .id;
+        (dir, pool, id)
+    }
+
+    fn token(jti: &str, user_id: i64, expires_at: i64) -> Issued<'_> {
+        Issued {
+            jti,
+            user_id,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn blacklisting_twice_reports_the_second_time() {
+        let (_dir, pool, id) = setup();
+        let mut conn = pool.get().unwrap();
+        assert!(blacklist(&mut conn, &token("a", id, 100), 0).unwrap());
+        assert!(!blacklist(&mut conn, &token("a", id, 100), 0).unwrap());
+        assert!(is_revoked(&conn, "a").unwrap());
+        assert!(!is_revoked(&conn, "b").unwrap());
+    }
+
+    #[test]
+    fn expired_rows_are_pruned_on_the_next_write() {
+        let (_dir, pool, id) = setup();
+        let mut conn = pool.get().unwrap();
+        blacklist(&mut conn, &token("old", id, 10), 0).unwrap();
+        blacklist(&mut conn, &token("new", id, 1000), 20).unwrap();
+        assert_eq!(count(&conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn reuse_after_the_grace_window_revokes_the_family() {
+        let (_dir, pool, id) = setup();
+        let mut conn = pool.get().unwrap();
+        record_login(&mut conn, &token("r1", id, 1000), 0).unwrap();
+        let r = |old, new, now| {
+            rotate(
+                &mut pool.get().unwrap(),
+                &token(old, id, 1000),
+                &token(new, id, 1000),
+                now,
+                10,
+            )
+        };
+        assert_eq!(r("r1", "r2", 100).unwrap(), Rotation::Rotated);
+        // Within the grace window: a second child.
+        assert_eq!(r("r1", "r3", 105).unwrap(), Rotation::Rotated);
+        // After it: theft assumed.
+        assert_eq!(r("r1", "r4", 200).unwrap(), Rotation::ReuseDetected);
+        for jti in ["r1", "r2", "r3"] {
+            assert!(is_revoked(&conn, jti).unwrap(), "{jti}");
+        }
+        assert_eq!(r("r2", "r5", 201).unwrap(), Rotation::Revoked);
+    }
+}
