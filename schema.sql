@@ -59,3 +59,13 @@ CREATE TABLE refresh_tokens (
 CREATE INDEX refresh_tokens_expiry ON refresh_tokens (expires_at);
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
 CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
+
+-- migration 3
+-- Listing at scale: each `ordering` of GET /api/users and the `status`
+-- filter walk an index instead of sorting the table; `id` last makes every
+-- order total, which keyset paging needs. (username has its unique NOCASE
+-- index already.)
+CREATE INDEX users_level_id ON users (level, id);
+CREATE INDEX users_created_at_id ON users (created_at, id);
+CREATE INDEX users_updated_at_id ON users (updated_at, id);
+CREATE INDEX users_status_id ON users (status, id);

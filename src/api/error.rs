@@ -18,6 +18,8 @@ pub enum ApiError {
     Validation(FieldErrors),
     /// 400: the body is not well-formed JSON.
     MalformedJson(String),
+    /// 400: a query string that does not decode.
+    MalformedQuery,
     /// 401: no `Authorization` header (or not a Bearer one).
     NotAuthenticated,
     /// 401: `Authorization: Bearer` with no token, or more than one.
@@ -105,6 +107,7 @@ impl ApiError {
         match self {
             Validation(errors) => (StatusCode::BAD_REQUEST, json!(errors)),
             MalformedJson(text) => detail(StatusCode::BAD_REQUEST, text),
+            MalformedQuery => detail(StatusCode::BAD_REQUEST, "Invalid query string."),
             NotAuthenticated => detail(
                 StatusCode::UNAUTHORIZED,
                 "Authentication credentials were not provided.",
@@ -260,6 +263,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     }
     if rejection.is_not_found() {
         return Ok(error_response(&ApiError::NotFound));
+    }
+    if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        return Ok(error_response(&ApiError::MalformedQuery));
     }
     if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         // Every known path has its own 405 filter with an Allow header;

@@ -15,6 +15,7 @@ use super::token::{MAX_PASSWORD_BYTES, text_fields};
 use crate::AppState;
 use crate::auth::password;
 use crate::db;
+use crate::db::users::{ListQuery, SortColumn};
 use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
     timestamp_now,
@@ -62,6 +63,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let list = list_path()
         .and(get_or_head())
         .and(auth())
+        .and(warp::query::<Vec<(String, String)>>())
         .and(state_())
         .then(list)
         .map(filters::reply);
@@ -196,9 +198,202 @@ fn user_reply(status: StatusCode, user: &User) -> Response {
     warp::reply::with_status(warp::reply::json(user), status).into_response()
 }
 
-async fn list(_caller: Caller, state: AppState) -> Result<Response, ApiError> {
-    let users = state.db(|conn| db::users::list(conn)).await?;
-    Ok(warp::reply::json(&users).into_response())
+/// Users per keyset chunk when streaming a whole listing.
+const STREAM_CHUNK: i64 = 500;
+
+/// The query parameters of GET /api/users.
+#[derive(Debug, Default)]
+struct ListParams {
+    query: ListQuery,
+    /// `(limit, offset)` when paging.
+    page: Option<(i64, i64)>,
+    /// The parameters to repeat in `Link` URLs.
+    kept: Vec<(String, String)>,
+}
+
+fn parse_list_params(pairs: Vec<(String, String)>) -> Result<ListParams, ApiError> {
+    let mut errors = crate::model::FieldErrors::new();
+    let mut error = |field: &str, message: String| {
+        errors.entry(field.to_owned()).or_default().push(message);
+    };
+    let mut params = ListParams::default();
+    let (mut limit, mut offset) = (None, None);
+    // The last value of a repeated parameter wins, as in Django's QueryDict.
+    let last: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
+    for (key, value) in last {
+        match key.as_str() {
+            "search" => {
+                params.query.search = Some(value.trim().to_owned());
+                params.kept.push((key, value));
+            }
+            "status" => match Status::parse(&value) {
+                Some(status) => {
+                    params.query.status = Some(status);
+                    params.kept.push((key, value));
+                }
+                None => error(
+                    "status",
+                    format!("Select a valid choice. {value} is not one of the available choices."),
+                ),
+            },
+            "ordering" => {
+                for term in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    let (name, desc) = match term.strip_prefix('-') {
+                        Some(name) => (name, true),
+                        None => (term, false),
+                    };
+                    match SortColumn::parse(name) {
+                        Some(column) => params.query.ordering.push((column, desc)),
+                        None => error(
+                            "ordering",
+                            format!(
+                                "\"{term}\" is not a valid ordering. Choose from id, username, \
+                                 level, created_at, updated_at, each optionally prefixed with -."
+                            ),
+                        ),
+                    }
+                }
+                params.kept.push((key, value));
+            }
+            "limit" => limit = Some(value),
+            "offset" => offset = Some(value),
+            // Unknown parameters are ignored, as DRF does.
+            _ => {}
+        }
+    }
+    let mut integer = |field: &str, value: Option<String>, min: i64, max: i64| -> Option<i64> {
+        let value = value?;
+        match value.trim().parse::<i64>() {
+            Err(_) => error(field, "A valid integer is required.".to_owned()),
+            Ok(n) if n < min => error(
+                field,
+                format!("Ensure this value is greater than or equal to {min}."),
+            ),
+            Ok(n) if n > max => error(
+                field,
+                format!("Ensure this value is less than or equal to {max}."),
+            ),
+            Ok(n) => return Some(n),
+        }
+        None
+    };
+    let limit = integer("limit", limit, 1, 1000);
+    let offset = integer("offset", offset, 0, i64::MAX);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    if let Some(limit) = limit {
+        params.page = Some((limit, offset.unwrap_or(0)));
+    }
+    Ok(params)
+}
+
+/// `Link` (RFC 8288) for a page: relative references to the next and
+/// previous pages, keeping the other parameters.
+fn link_header(kept: &[(String, String)], limit: i64, offset: i64, total: i64) -> Option<String> {
+    let url = |offset: i64| {
+        let mut pairs: Vec<(String, String)> = kept.to_vec();
+        pairs.push(("limit".to_owned(), limit.to_string()));
+        pairs.push(("offset".to_owned(), offset.to_string()));
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        format!("</api/users?{query}>")
+    };
+    let mut links = Vec::new();
+    if offset.saturating_add(limit) < total {
+        links.push(format!("{}; rel=\"next\"", url(offset + limit)));
+    }
+    if offset > 0 {
+        links.push(format!("{}; rel=\"prev\"", url((offset - limit).max(0))));
+    }
+    (!links.is_empty()).then(|| links.join(", "))
+}
+
+async fn list(
+    _caller: Caller,
+    pairs: Vec<(String, String)>,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let params = parse_list_params(pairs)?;
+    let Some((limit, offset)) = params.page else {
+        return Ok(stream_all(state, params.query));
+    };
+    let query = params.query;
+    let (users, total) = state
+        .db(move |conn| {
+            let users = db::users::page(conn, &query, limit, offset)?;
+            let total = db::users::count(conn, &query)?;
+            Ok((users, total))
+        })
+        .await?;
+    let mut response = warp::reply::json(&users).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-total-count", total.into());
+    if let Some(link) = link_header(&params.kept, limit, offset, total)
+        .and_then(|l| warp::http::HeaderValue::from_str(&l).ok())
+    {
+        headers.insert(warp::http::header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// Streams every matching user as one JSON array, read from SQLite in
+/// keyset chunks on the blocking pool, so memory stays flat whatever the
+/// table size. A client that goes away stops the reading.
+fn stream_all(state: AppState, query: ListQuery) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let pool = state.pool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut last: Option<User> = None;
+        let mut first = true;
+        loop {
+            let chunk = pool
+                .get()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|conn| {
+                    db::users::chunk_after(&conn, &query, last.as_ref(), STREAM_CHUNK)
+                        .map_err(std::io::Error::other)
+                });
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    // Too late for an error status: cut the body short so
+                    // the client sees a broken reply, not a short list.
+                    tracing::error!(error = %err, "listing users failed mid-stream");
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            };
+            let done = (chunk.len() as i64) < STREAM_CHUNK;
+            let mut buffer = Vec::with_capacity(chunk.len() * 256 + 2);
+            for user in &chunk {
+                buffer.push(if first { b'[' } else { b',' });
+                first = false;
+                if let Err(err) = serde_json::to_writer(&mut buffer, user) {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(err)));
+                    return;
+                }
+            }
+            if done {
+                if first {
+                    buffer.push(b'[');
+                }
+                buffer.push(b']');
+            }
+            if tx.blocking_send(Ok(buffer.into())).is_err() || done {
+                return;
+            }
+            last = chunk.into_iter().last();
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut response = warp::reply::stream(body).into_response();
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn fetch(id: i64, state: AppState) -> Result<Response, ApiError> {

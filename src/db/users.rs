@@ -154,10 +154,200 @@ pub fn taken(
     Ok((check("username", username)?, check("email", email)?))
 }
 
-/// Every user, ordered by id.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<User>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users ORDER BY id"))?;
-    let rows = stmt.query_map([], |row| account_from_row(row).map(|a| a.user))?;
+/// A column GET /api/users can be ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortColumn {
+    /// `id`
+    Id,
+    /// `username` (ignoring ASCII case, as it is unique)
+    Username,
+    /// `level`
+    Level,
+    /// `created_at`
+    CreatedAt,
+    /// `updated_at`
+    UpdatedAt,
+}
+
+impl SortColumn {
+    /// Parses an `ordering` field name.
+    pub fn parse(name: &str) -> Option<SortColumn> {
+        Some(match name {
+            "id" => SortColumn::Id,
+            "username" => SortColumn::Username,
+            "level" => SortColumn::Level,
+            "created_at" => SortColumn::CreatedAt,
+            "updated_at" => SortColumn::UpdatedAt,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            SortColumn::Id => "id",
+            SortColumn::Username => "username",
+            SortColumn::Level => "level",
+            SortColumn::CreatedAt => "created_at",
+            SortColumn::UpdatedAt => "updated_at",
+        }
+    }
+
+    fn value(self, user: &User) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            SortColumn::Id => Value::Integer(user.id),
+            SortColumn::Username => Value::Text(user.username.clone()),
+            SortColumn::Level => Value::Integer(user.level),
+            SortColumn::CreatedAt => Value::Text(user.created_at.clone()),
+            SortColumn::UpdatedAt => Value::Text(user.updated_at.clone()),
+        }
+    }
+}
+
+/// Filters and order of a user listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Case-insensitive substring of username or email.
+    pub search: Option<String>,
+    /// Only users with this status.
+    pub status: Option<Status>,
+    /// Sort keys, `true` = descending; `id` ascending is always appended
+    /// as the final tie-breaker.
+    pub ordering: Vec<(SortColumn, bool)>,
+}
+
+impl ListQuery {
+    /// The sort keys with the `id` tie-breaker, cut after `id` (unique).
+    fn keys(&self) -> Vec<(SortColumn, bool)> {
+        let mut keys = Vec::new();
+        for &(column, desc) in &self.ordering {
+            if keys.iter().any(|(c, _)| *c == column) {
+                continue;
+            }
+            keys.push((column, desc));
+            if column == SortColumn::Id {
+                return keys;
+            }
+        }
+        keys.push((SortColumn::Id, false));
+        keys
+    }
+
+    /// `WHERE` conditions for the filters, and their parameters.
+    fn filters(&self) -> (Vec<String>, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        if let Some(search) = self.search.as_deref().filter(|s| !s.is_empty()) {
+            let escaped = search
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            conditions.push("(username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')".to_owned());
+            let pattern = format!("%{escaped}%");
+            params.push(Value::Text(pattern.clone()));
+            params.push(Value::Text(pattern));
+        }
+        if let Some(status) = self.status {
+            conditions.push("status = ?".to_owned());
+            params.push(Value::Text(status.as_str().to_owned()));
+        }
+        (conditions, params)
+    }
+
+    fn order_by(&self) -> String {
+        self.keys()
+            .iter()
+            .map(|(c, desc)| format!("{} {}", c.column(), if *desc { "DESC" } else { "ASC" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The keyset condition "after `last` in this order", with parameters.
+    fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
+        let keys = self.keys();
+        let mut alternatives = Vec::new();
+        let mut params = Vec::new();
+        for (i, (column, desc)) in keys.iter().enumerate() {
+            let mut parts = Vec::new();
+            for (earlier, _) in &keys[..i] {
+                parts.push(format!("{} = ?", earlier.column()));
+                params.push(earlier.value(last));
+            }
+            parts.push(format!(
+                "{} {} ?",
+                column.column(),
+                if *desc { "<" } else { ">" }
+            ));
+            params.push(column.value(last));
+            alternatives.push(format!("({})", parts.join(" AND ")));
+        }
+        (format!("({})", alternatives.join(" OR ")), params)
+    }
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// One page by `LIMIT`/`OFFSET`.
+pub fn page(
+    conn: &Connection,
+    query: &ListQuery,
+    limit: i64,
+    offset: i64,
+) -> rusqlite::Result<Vec<User>> {
+    let (conditions, mut params) = query.filters();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
+        where_clause(&conditions),
+        query.order_by()
+    );
+    params.push(rusqlite::types::Value::Integer(limit));
+    params.push(rusqlite::types::Value::Integer(offset));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+        account_from_row(row).map(|a| a.user)
+    })?;
+    rows.collect()
+}
+
+/// How many users match the filters.
+pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
+    let (conditions, params) = query.filters();
+    let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
+    conn.prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(params), |row| row.get(0))
+}
+
+/// Up to `n` users following `last` in the query's order (keyset paging:
+/// each chunk is one short read, whatever the depth).
+pub fn chunk_after(
+    conn: &Connection,
+    query: &ListQuery,
+    last: Option<&User>,
+    n: i64,
+) -> rusqlite::Result<Vec<User>> {
+    let (mut conditions, mut params) = query.filters();
+    if let Some(last) = last {
+        let (condition, more) = query.after(last);
+        conditions.push(condition);
+        params.extend(more);
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM users{} ORDER BY {} LIMIT ?",
+        where_clause(&conditions),
+        query.order_by()
+    );
+    params.push(rusqlite::types::Value::Integer(n));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+        account_from_row(row).map(|a| a.user)
+    })?;
     rows.collect()
 }
 
@@ -295,6 +485,56 @@ mod tests {
         assert!(delete(&mut conn, a.id).unwrap());
         let b = insert(&mut conn, &new_user("b"), "t").unwrap();
         assert!(b.id > a.id);
+    }
+
+    #[test]
+    fn keyset_chunks_walk_every_order_exactly_once() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        for (i, level) in [3, 1, 3, 2, 1, 3, 2].iter().enumerate() {
+            let mut user = new_user(&format!("u{i}"));
+            user.level = *level;
+            insert(&mut conn, &user, &format!("t{i}")).unwrap();
+        }
+        for ordering in [
+            vec![],
+            vec![(SortColumn::Level, true)],
+            vec![(SortColumn::Level, false), (SortColumn::Username, true)],
+            vec![(SortColumn::CreatedAt, true)],
+        ] {
+            let query = ListQuery {
+                ordering,
+                ..ListQuery::default()
+            };
+            let all = page(&conn, &query, 100, 0).unwrap();
+            let mut walked = Vec::new();
+            let mut last: Option<User> = None;
+            loop {
+                let chunk = chunk_after(&conn, &query, last.as_ref(), 2).unwrap();
+                let Some(tail) = chunk.last().cloned() else {
+                    break;
+                };
+                walked.extend(chunk);
+                last = Some(tail);
+            }
+            assert_eq!(walked, all, "{:?}", query.ordering);
+            assert_eq!(count(&conn, &query).unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn search_escapes_like_wildcards() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        insert(&mut conn, &new_user("a_b"), "t").unwrap();
+        insert(&mut conn, &new_user("axb"), "t").unwrap();
+        let query = ListQuery {
+            search: Some("A_".into()),
+            ..ListQuery::default()
+        };
+        let found = page(&conn, &query, 10, 0).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].username, "a_b");
     }
 
     #[test]
