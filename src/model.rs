@@ -180,17 +180,17 @@ pub fn parse_user_body(body: &Value, required: Required) -> Result<ParsedUser, F
     };
 
     let mut password = None;
-    if required == Required::Registration {
-        if let Some(clear) = string_field(object, "password", true, &mut errors) {
-            let username = raw_str(object, "username");
-            let email = raw_str(object, "email");
-            password = checked(
-                clear,
-                |clear| validate::password(clear, username, email),
-                "password",
-                &mut errors,
-            );
-        }
+    if required == Required::Registration
+        && let Some(clear) = string_field(object, "password", true, &mut errors)
+    {
+        let username = raw_str(object, "username");
+        let email = raw_str(object, "email");
+        password = checked(
+            clear,
+            |clear| validate::password(clear, username, email),
+            "password",
+            &mut errors,
+        );
     }
     Ok(ParsedUser {
         changes,

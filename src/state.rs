@@ -150,6 +150,6 @@ mod tests {
         assert!(matches!(gate.acquire().await, Err(ApiError::Busy)));
         drop(held);
         queued.await.unwrap().unwrap();
-        gate.acquire().await.unwrap();
+        drop(gate.acquire().await.unwrap());
     }
 }

@@ -193,23 +193,24 @@ mod tests {
         let (_dir, pool, id) = setup();
         let mut conn = pool.get().unwrap();
         record_login(&mut conn, &token("r1", id, 1000), 0).unwrap();
-        let r = |old, new, now| {
+        let mut r = |old, new, now| {
             rotate(
-                &mut pool.get().unwrap(),
+                &mut conn,
                 &token(old, id, 1000),
                 &token(new, id, 1000),
                 now,
                 10,
             )
+            .unwrap()
         };
-        assert_eq!(r("r1", "r2", 100).unwrap(), Rotation::Rotated);
+        assert_eq!(r("r1", "r2", 100), Rotation::Rotated);
         // Within the grace window: a second child.
-        assert_eq!(r("r1", "r3", 105).unwrap(), Rotation::Rotated);
+        assert_eq!(r("r1", "r3", 105), Rotation::Rotated);
         // After it: theft assumed.
-        assert_eq!(r("r1", "r4", 200).unwrap(), Rotation::ReuseDetected);
+        assert_eq!(r("r1", "r4", 200), Rotation::ReuseDetected);
+        assert_eq!(r("r2", "r5", 201), Rotation::Revoked);
         for jti in ["r1", "r2", "r3"] {
             assert!(is_revoked(&conn, jti).unwrap(), "{jti}");
         }
-        assert_eq!(r("r2", "r5", 201).unwrap(), Rotation::Revoked);
     }
 }

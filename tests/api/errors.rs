@@ -5,6 +5,8 @@
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{
     TestApp, TestUser, assert_401, assert_404, assert_405, assert_field_message, assert_reply,
@@ -156,7 +158,15 @@ async fn a_body_that_is_not_json_gets_415_and_changes_nothing() {
         (Method::PUT, user.as_str()),
         (Method::PATCH, user.as_str()),
     ] {
-        let resp = send_raw(&app, method, path, Some(&access), "text/plain", text.clone()).await;
+        let resp = send_raw(
+            &app,
+            method,
+            path,
+            Some(&access),
+            "text/plain",
+            text.clone(),
+        )
+        .await;
 
         assert_reply(
             resp,
@@ -217,11 +227,48 @@ async fn a_body_over_64_kib_gets_413_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_over_64_kib_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let body = padded_registration(70 * 1024);
+    let mut request = format!(
+        "POST /api/users HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        app.addr
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(8192) {
+        request.extend(format!("{:x}\r\n", chunk.len()).bytes());
+        request.extend(chunk.iter().chain(b"\r\n"));
+    }
+    request.extend(b"0\r\n\r\n");
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(&request).await;
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+
+    let reply = String::from_utf8_lossy(&reply);
+    let status = reply.split(' ').nth(1).unwrap_or_default();
+    assert!(["411", "413"].contains(&status), "{reply}");
+    assert!(reply.contains("\"detail\""), "{reply}");
+    assert_eq!(app.user_count(), 0);
+}
+
+#[tokio::test]
 async fn a_body_just_under_64_kib_is_accepted() {
     let app = spawn_app().await;
 
     let body = padded_registration(60 * 1024);
-    let resp = send_raw(&app, Method::POST, "/api/users", None, "application/json", body).await;
+    let resp = send_raw(
+        &app,
+        Method::POST,
+        "/api/users",
+        None,
+        "application/json",
+        body,
+    )
+    .await;
 
     expect_json(resp, StatusCode::CREATED).await;
     assert_eq!(app.user_count(), 1);
@@ -232,7 +279,15 @@ async fn the_body_limit_follows_the_config() {
     let app = spawn_app_with(|c| c.server.max_body_bytes = 1024).await;
 
     let body = padded_registration(2048);
-    let resp = send_raw(&app, Method::POST, "/api/users", None, "application/json", body).await;
+    let resp = send_raw(
+        &app,
+        Method::POST,
+        "/api/users",
+        None,
+        "application/json",
+        body,
+    )
+    .await;
 
     let body = expect_json(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert!(body["detail"].is_string(), "{body}");

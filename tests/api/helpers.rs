@@ -42,7 +42,9 @@ pub struct Stopped {
     pub config: Config,
 }
 
-/// A server with the test defaults: fast hashing, the test secret.
+/// A server with the test defaults: fast hashing, the test secret, no
+/// login throttling (tests log in faster than people do; the throttling
+/// tests switch it back on).
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -53,6 +55,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::default();
     config.auth.secret = Secret::new(SECRET);
     config.auth.pbkdf2_iterations = FAST_ITERATIONS;
+    config.rate_limit.enabled = false;
     config.database.path = Some(dir.path().join("rosterd.sqlite3"));
     customize(&mut config);
     start(dir, config).await
@@ -140,7 +143,8 @@ impl TestApp {
     }
 
     pub async fn register_json(&self, body: &Value) -> Response {
-        self.send(Method::POST, "/api/users", None, Some(body)).await
+        self.send(Method::POST, "/api/users", None, Some(body))
+            .await
     }
 
     pub async fn register(&self, username: &str, email: &str, password: &str) -> Response {
@@ -150,7 +154,8 @@ impl TestApp {
 
     pub async fn login(&self, username: &str, password: &str) -> Response {
         let body = json!({"username": username, "password": password});
-        self.send(Method::POST, "/api/token", None, Some(&body)).await
+        self.send(Method::POST, "/api/token", None, Some(&body))
+            .await
     }
 
     pub async fn refresh(&self, refresh: &str) -> Response {
@@ -160,7 +165,8 @@ impl TestApp {
     }
 
     pub async fn get_users(&self, token: &str) -> Response {
-        self.send(Method::GET, "/api/users", Some(token), None).await
+        self.send(Method::GET, "/api/users", Some(token), None)
+            .await
     }
 
     pub async fn get_user(&self, id: i64, token: &str) -> Response {
@@ -190,7 +196,11 @@ impl TestApp {
     }
 
     /// GET `path` with a raw `Authorization` header value (or none).
-    pub async fn get_with_authorization(&self, path: &str, authorization: Option<&str>) -> Response {
+    pub async fn get_with_authorization(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Response {
         let builder = self.request(Method::GET, path, None);
         let builder = match authorization {
             Some(value) => builder.header(AUTHORIZATION, value),
@@ -370,13 +380,11 @@ pub fn bad_token(detail: &str) -> Value {
     json!({"detail": detail, "code": "token_not_valid"})
 }
 
-pub const USER_NOT_FOUND: &str = "User not found";
-
 /// Asserts the 401 a valid token of a gone or inactive user gets.
 pub async fn assert_user_not_found(resp: Response) {
     assert_401(
         resp,
-        json!({"detail": USER_NOT_FOUND, "code": "user_not_found"}),
+        json!({"detail": "User not found", "code": "user_not_found"}),
     )
     .await;
 }
@@ -384,29 +392,47 @@ pub async fn assert_user_not_found(resp: Response) {
 /// Asserts a 400 whose keys are exactly `fields`, each a non-empty list of
 /// strings; returns the body.
 pub async fn assert_field_errors(resp: Response, fields: &[&str]) -> Value {
-    let body = expect_json(resp, StatusCode::BAD_REQUEST).await;
-    let object = body.as_object().expect("field errors are an object");
-    let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
-    assert_eq!(keys, fields.iter().copied().collect(), "body: {body}");
-    for (field, messages) in object {
-        let messages = messages.as_array().expect("a list of messages");
-        assert!(
-            !messages.is_empty() && messages.iter().all(Value::is_string),
-            "{field}: {messages:?}"
-        );
-    }
-    body
+    check_field_errors(resp, fields, None)
+        .await
+        .unwrap_or_else(|problem| panic!("{problem}"))
 }
 
 /// Asserts a 400 for one field whose messages include `message`.
 pub async fn assert_field_message(resp: Response, field: &str, message: &str) {
-    let body = assert_field_errors(resp, &[field]).await;
-    assert!(
-        body[field]
+    if let Err(problem) = check_field_errors(resp, &[field], Some(message)).await {
+        panic!("{problem}");
+    }
+}
+
+/// Whether a reply is a 400 JSON with exactly the keys `fields`, each a
+/// non-empty list of strings, the first including `message` if given; for
+/// tables of cases that report every bad one at once.
+pub async fn check_field_errors(
+    resp: Response,
+    fields: &[&str],
+    message: Option<&str>,
+) -> Result<Value, String> {
+    let (status, body) = read_json(resp).await;
+    let object = body.as_object().cloned().unwrap_or_default();
+    let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+    let lists = object.values().all(|messages| {
+        messages
             .as_array()
-            .is_some_and(|m| m.iter().any(|m| m == message)),
-        "{message:?} not among {body}"
-    );
+            .is_some_and(|m| !m.is_empty() && m.iter().all(Value::is_string))
+    });
+    let has_message = message.is_none_or(|message| {
+        body[fields[0]]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == message))
+    });
+    let wanted: BTreeSet<&str> = fields.iter().copied().collect();
+    if status == StatusCode::BAD_REQUEST && keys == wanted && lists && has_message {
+        Ok(body)
+    } else {
+        Err(format!(
+            "expected 400 with {fields:?} (message {message:?}), got {status} {body}"
+        ))
+    }
 }
 
 /// Asserts a 405 with DRF's body and exactly these methods in `Allow`.
@@ -489,8 +515,7 @@ pub fn is_rfc3339_utc(stamp: &str) -> bool {
 
 /// Unpadded base64url, as JWTs use.
 pub fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (Python 3 standard library only).
+
+Subcommands:
+  wait-line FILE REGEX TIMEOUT      wait for a line of FILE matching REGEX; print group 1
+  wait-health PORT TIMEOUT          wait for 200 from GET /api/health
+  login PORT USERNAME PASSWORD      POST /api/token; print "ACCESS REFRESH"
+  access PORT REFRESH               POST /api/token/refresh; print the access token
+  owners PORT PASSWORD N            log in user1..userN; print "id:refresh,..."
+  owners-access PORT ID:REFRESH,..  refresh each; print "id:access,..."
+  probe PORT METHOD PATH [BODY] [TOKEN]
+                                    one request; print "STATUS BYTES ITEMS FIRST_ID"
+  startup BIN DB RUNS SECRET        median ms from exec to first 200 from /api/health
+  hash-ceiling ITERATIONS RUNS      seconds of one PBKDF2 by `openssl kdf` (median)
+  proc PID FIELD                    a /proc/PID/status field in KiB (VmRSS, VmHWM)
+  wrk-json FILE                     the BENCHJSON line of a wrk output, as JSON
+  fact FILE KEY.PATH VALUE          set a figure in the facts file (VALUE: JSON or text)
+  report RESULTS_DIR JSON_PATH      aggregate, print the markdown table, write JSON
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def die(message):
+    print(f"bench helper: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def request(port, method, path, body=None, token=None, timeout=60):
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=timeout)
+    headers = {}
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    return resp.status, raw
+
+
+def cmd_wait_line(path, regex, timeout):
+    deadline = time.monotonic() + float(timeout)
+    pattern = re.compile(regex)
+    while time.monotonic() < deadline:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    m = pattern.search(line)
+                    if m:
+                        print(m.group(1))
+                        return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    die(f"no line matching {regex!r} in {path} after {timeout}s")
+
+
+def cmd_wait_health(port, timeout):
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        try:
+            status, _ = request(port, "GET", "/api/health", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    die(f"GET /api/health on port {port} gave no 200 within {timeout}s")
+
+
+def login(port, username, password):
+    status, raw = request(port, "POST", "/api/token",
+                          {"username": username, "password": password})
+    if status != 200:
+        die(f"login of {username} failed: {status} {raw[:300]!r}")
+    pair = json.loads(raw)
+    return pair["access"], pair["refresh"]
+
+
+def access(port, refresh):
+    status, raw = request(port, "POST", "/api/token/refresh", {"refresh": refresh})
+    if status != 200:
+        die(f"refresh failed: {status} {raw[:300]!r}")
+    return json.loads(raw)["access"]
+
+
+def cmd_owners(port, password, n):
+    out = []
+    for k in range(1, int(n) + 1):
+        _, refresh = login(port, f"user{k}", password)
+        out.append(f"{k}:{refresh}")
+    print(",".join(out))
+
+
+def cmd_owners_access(port, pairs):
+    out = []
+    for pair in pairs.split(","):
+        uid, refresh = pair.split(":", 1)
+        out.append(f"{uid}:{access(port, refresh)}")
+    print(",".join(out))
+
+
+def cmd_probe(port, method, path, body=None, token=None):
+    data = body.encode() if body else None
+    status, raw = request(port, method, path, data, token or None)
+    items, first = "-", "-"
+    try:
+        value = json.loads(raw)
+        if isinstance(value, dict) and isinstance(value.get("results"), list):
+            value = value["results"]
+        if isinstance(value, list):
+            items = str(len(value))
+            if value and isinstance(value[0], dict):
+                first = str(value[0].get("id", "-"))
+    except ValueError:
+        pass
+    print(status, len(raw), items, first)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_ok(port):
+    """One raw GET /api/health; True on a 200, False when nothing listens."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+            return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def cmd_startup(binary, db, runs, secret):
+    """Median ms from exec to the first 200 of /api/health, over RUNS starts.
+
+    DB "fresh" means a new, not yet existing file for every start;
+    otherwise the given (seeded) file is opened each time.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTERD_")}
+    env["ROSTERD_SECRET"] = secret
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(int(runs)):
+            path = os.path.join(tmp, f"fresh{i}.sqlite3") if db == "fresh" else db
+            port = free_port()
+            args = [binary, "--config", os.path.join(tmp, "none.toml"), "--db", path,
+                    "serve", "--bind", f"127.0.0.1:{port}"]
+            started = time.perf_counter()
+            proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                while not health_ok(port):
+                    if proc.poll() is not None:
+                        die(f"rosterd exited with {proc.returncode} during start-up")
+                    if time.perf_counter() - started > 10:
+                        die("rosterd did not answer /api/health within 10s")
+                    time.sleep(0.0005)
+                times.append((time.perf_counter() - started) * 1000)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times),
+                      "max_ms": max(times), "runs": times}))
+
+
+def time_openssl(iterations):
+    args = ["openssl", "kdf", "-keylen", "32", "-kdfopt", "digest:SHA256",
+            "-kdfopt", "pass:x", "-kdfopt", "salt:saltsaltsaltsalt",
+            "-kdfopt", f"iter:{iterations}", "PBKDF2"]
+    started = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def cmd_hash_ceiling(iterations, runs):
+    """Seconds of one PBKDF2-HMAC-SHA256 by openssl, median of RUNS, minus the
+    median cost of starting openssl (the same command at 1 iteration)."""
+    overhead = statistics.median(time_openssl(1) for _ in range(int(runs)))
+    full = statistics.median(time_openssl(int(iterations)) for _ in range(int(runs)))
+    seconds = max(full - overhead, 1e-9)
+    cores = os.cpu_count() or 1
+    print(json.dumps({"seconds_per_hash": seconds, "exec_overhead_s": overhead,
+                      "cores": cores, "rps": cores / seconds}))
+
+
+def cmd_proc(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                print(line.split()[1])
+                return
+    die(f"no {field} in /proc/{pid}/status")
+
+
+def wrk_json(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("BENCHJSON "):
+                return json.loads(line[len("BENCHJSON "):])
+    die(f"no BENCHJSON line in {path}")
+
+
+# ---------------------------------------------------------------- report
+
+TARGETS = {
+    # scenario: (ceiling, minimum ratio)
+    "get_user": ("hello", 0.50),
+    "refresh": ("hello", 0.50),
+    "login": ("hash", 0.85),
+    "register": ("hash", 0.80),
+    "update": ("sqlite", 0.80),
+    "list_1k": ("hello", None),
+    "list_page": ("hello", 0.25),
+}
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values),
+            "max": max(values), "rounds": values}
+
+
+def fmt_rate(s):
+    if s is None:
+        return "n/a"
+    def f(v):
+        return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+    return f"{f(s['median'])} ({f(s['min'])}–{f(s['max'])})"
+
+
+def good_rps(run):
+    """Requests/s counting only 2xx answers (wrk's status errors are non-2xx/3xx)."""
+    e = run["errors"]
+    good = run["requests"] - e["status"] - e["timeout"]
+    return max(good, 0) / run["seconds"]
+
+
+def load_runs(results, name):
+    """Every round's wrk JSON of one scenario, in round order."""
+    runs = []
+    for file in sorted(os.listdir(results)):
+        m = re.fullmatch(re.escape(name) + r"\.r(\d+)\.wrk", file)
+        if m:
+            runs.append((int(m.group(1)), wrk_json(os.path.join(results, file))))
+    return [r for _, r in sorted(runs)]
+
+
+def load_json_rounds(results, name):
+    out = []
+    for file in sorted(os.listdir(results)):
+        m = re.fullmatch(re.escape(name) + r"\.r(\d+)\.json", file)
+        if m:
+            with open(os.path.join(results, file)) as f:
+                out.append((int(m.group(1)), json.load(f)))
+    return [v for _, v in sorted(out)]
+
+
+def cmd_report(results, json_path):
+    with open(os.path.join(results, "facts.json")) as f:
+        facts = json.load(f)
+    settings = facts["settings"]
+
+    ceilings = {
+        "hello": summary([r["rps"] for r in load_runs(results, "hello")]),
+        "hash": summary([h["rps"] for h in load_json_rounds(results, "hash")]),
+        "sqlite": summary([s["rps"] for s in load_json_rounds(results, "sqlite")]),
+    }
+    hash_runs = load_json_rounds(results, "hash")
+    ceilings_detail = {
+        "hash_seconds_per_hash": summary([h["seconds_per_hash"] for h in hash_runs]),
+    }
+
+    rows = []
+    out = {"date": facts["date"], "machine": facts["machine"], "settings": settings,
+           "ceilings": ceilings, "ceilings_detail": ceilings_detail, "scenarios": {},
+           "binary": facts["binary"], "memory": facts["memory"], "startup": facts["startup"]}
+
+    scenario_names = ["get_user", "refresh", "login", "register", "update", "list_1k"]
+    scenario_names += [f"list_page@{o}" for o in settings["list_page_offsets"]]
+    for name in scenario_names:
+        base = name.split("@")[0]
+        ceiling_name, minimum = TARGETS[base]
+        runs = load_runs(results, name)
+        if not runs:
+            continue
+        rate = summary([good_rps(r) for r in runs])
+        ceiling = ceilings[ceiling_name]
+        ratio = None
+        if rate and ceiling and ceiling["median"] > 0:
+            ratio = rate["median"] / ceiling["median"]
+        non2xx = sum(r["errors"]["status"] for r in runs)
+        socket_errors = sum(r["errors"][k] for r in runs
+                            for k in ("connect", "read", "write", "timeout"))
+        notes = []
+        if non2xx:
+            notes.append(f"{non2xx} non-2xx answers (not counted)")
+        if socket_errors:
+            notes.append(f"{socket_errors} socket errors/timeouts")
+        if base == "list_page" and facts.get("list_page_pending"):
+            notes.append("pending: limit/offset")
+        if base == "list_page":
+            notes.append(f"{settings['list_page_users']:,} users")
+        mbps = summary([r["mbps"] for r in runs])
+        if base == "list_1k" and mbps:
+            notes.append(f"{mbps['median']:.1f} MB/s ({mbps['min']:.1f}–{mbps['max']:.1f}),"
+                         f" {runs[0]['bytes'] / max(runs[0]['requests'], 1) / 1e3:.0f} kB/answer")
+        p99 = summary([r["latency_ms"]["p99"] for r in runs])
+        notes.append(f"p99 {p99['median']:.1f} ms")
+        if minimum is None:
+            verdict, target = "—", "report only"
+        else:
+            target = f"≥ {minimum:.2f} × {ceiling_name}"
+            verdict = "n/a" if ratio is None else ("pass" if ratio >= minimum else "FAIL")
+            if base == "list_page" and facts.get("list_page_pending") and verdict == "pass":
+                verdict = "pass (pending)"
+        rows.append([name, fmt_rate(rate), f"{ceiling_name} {fmt_rate(ceiling)}",
+                     "n/a" if ratio is None else f"{ratio:.2f}", target, verdict,
+                     "; ".join(notes)])
+        out["scenarios"][name] = {
+            "rps": rate, "ceiling": ceiling_name, "ratio": ratio, "target_ratio": minimum,
+            "pass": None if minimum is None or ratio is None else ratio >= minimum,
+            "p99_ms": p99, "mbps": mbps, "non_2xx": non2xx, "socket_errors": socket_errors,
+            "pending": bool(base == "list_page" and facts.get("list_page_pending")),
+            "raw": runs,
+        }
+
+    # mixed: get_user under a login flood vs get_user alone (same round).
+    mixed = load_runs(results, "mixed")
+    alone = load_runs(results, "get_user")
+    flood = load_runs(results, "mixed_flood")
+    if mixed:
+        ratios = [good_rps(m) / good_rps(a) for m, a in zip(mixed, alone) if good_rps(a) > 0]
+        rate = summary([good_rps(m) for m in mixed])
+        alone_rate = summary([good_rps(a) for a in alone])
+        p99 = summary([m["latency_ms"]["p99"] for m in mixed])
+        p99_alone = summary([a["latency_ms"]["p99"] for a in alone])
+        ratio = summary(ratios)
+        flood_rate = summary([good_rps(f) for f in flood])
+        ok = ratio is not None and ratio["median"] >= 0.30 and p99["median"] < 100
+        non2xx = sum(m["errors"]["status"] for m in mixed)
+        notes = [f"get_user p99 {p99['median']:.1f} ms flooded vs "
+                 f"{p99_alone['median']:.1f} ms alone",
+                 f"logins/s during flood {fmt_rate(flood_rate)}"]
+        if non2xx:
+            notes.append(f"{non2xx} non-2xx answers (not counted)")
+        rows.append(["mixed (get_user under login flood)", fmt_rate(rate),
+                     f"get_user alone {fmt_rate(alone_rate)}",
+                     f"{ratio['median']:.2f}" if ratio else "n/a",
+                     "≥ 0.30 × alone, p99 < 100 ms", "pass" if ok else "FAIL",
+                     "; ".join(notes)])
+        out["scenarios"]["mixed"] = {
+            "rps": rate, "alone_rps": alone_rate, "ratio": ratio, "p99_ms": p99,
+            "p99_alone_ms": p99_alone, "flood_logins_rps": flood_rate, "pass": ok,
+            "non_2xx": non2xx, "raw": mixed, "raw_flood": flood,
+        }
+
+    mib = 1024 * 1024
+    size = facts["binary"]["stripped_bytes"]
+    mem = facts["memory"]
+    st = facts["startup"]
+    other = [
+        ["binary size (stripped)", f"{size / mib:.2f} MiB", "", "", "≤ 10 MiB",
+         "pass" if size <= 10 * mib else "FAIL", f"{size:,} bytes"],
+        ["memory idle (VmRSS)", f"{mem['idle_rss_kib'] / 1024:.1f} MiB", "", "", "≤ 10 MiB",
+         "pass" if mem["idle_rss_kib"] <= 10 * 1024 else "FAIL",
+         "1k-user server, 1 s after the first 200"],
+        ["memory peak (VmHWM)", f"{mem['peak_hwm_kib'] / 1024:.1f} MiB", "", "", "≤ 64 MiB",
+         "pass" if mem["peak_hwm_kib"] <= 64 * 1024 else "FAIL",
+         "highest of the servers after all scenarios: " + ", ".join(
+             f"{k} {v / 1024:.1f} MiB" for k, v in mem["hwm_kib"].items())],
+    ]
+    for key, label in (("existing_db", "seeded 1k-user db"), ("fresh_db", "new db file")):
+        s = st[key]
+        other.append([f"start-up to first 200 ({label})", f"{s['median_ms']:.1f} ms", "", "",
+                      "≤ 100 ms", "pass" if s["median_ms"] <= 100 else "FAIL",
+                      f"median of {len(s['runs'])} ({s['min_ms']:.1f}–{s['max_ms']:.1f})"])
+
+    header = ["scenario", "req/s median (min–max)", "ceiling median (min–max)", "ratio",
+              "target", "result", "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows + other:
+        lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines)
+
+    h = ceilings_detail["hash_seconds_per_hash"]
+    settings_line = (
+        f"Load: `wrk -t{settings['threads']} -c{settings['connections']} "
+        f"-d{settings['duration']}s --timeout {settings['timeout']}`, "
+        f"{settings['rounds']} round(s) per scenario and ceiling, interleaved; "
+        f"mixed flood `wrk -t1 -c{settings['flood_connections']}` on POST /api/token; "
+        f"{settings['users']:,} users (list_page: {settings['list_page_users']:,}); "
+        f"PBKDF2 {settings['pbkdf2_iterations']:,} iterations; "
+        f"hash ceiling = {facts['machine']['cores']} cores ÷ "
+        + (f"{h['median'] * 1000:.0f} ms per openssl hash" if h else "n/a")
+        + f"; sqlite ceiling = {settings['duration']}s loop of the PUT UPDATE, one connection, "
+        "BEGIN IMMEDIATE each.")
+    out["table_markdown"] = table
+    out["settings_line"] = settings_line
+    print(table)
+    print()
+    print(settings_line)
+    with open(json_path, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+
+
+def cmd_fact(path, dotted, value):
+    """Set FACTS[a][b]... = VALUE (parsed as JSON when it is JSON) in file PATH."""
+    try:
+        with open(path) as f:
+            facts = json.load(f)
+    except FileNotFoundError:
+        facts = {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    keys = dotted.split(".")
+    node = facts
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = parsed
+    with open(path, "w") as f:
+        json.dump(facts, f, indent=2)
+
+
+def main():
+    if len(sys.argv) < 2:
+        die(__doc__)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    table = {
+        "wait-line": cmd_wait_line,
+        "wait-health": cmd_wait_health,
+        "login": lambda port, u, p: print(*login(port, u, p)),
+        "access": lambda port, r: print(access(port, r)),
+        "owners": cmd_owners,
+        "owners-access": cmd_owners_access,
+        "probe": cmd_probe,
+        "startup": cmd_startup,
+        "hash-ceiling": cmd_hash_ceiling,
+        "proc": cmd_proc,
+        "wrk-json": lambda path: print(json.dumps(wrk_json(path))),
+        "report": cmd_report,
+        "fact": cmd_fact,
+    }
+    if cmd not in table:
+        die(f"unknown subcommand {cmd}\n{__doc__}")
+    table[cmd](*args)
+
+
+if __name__ == "__main__":
+    main()
