@@ -1,6 +1,7 @@
 //! The HTTP API: joins the endpoint groups, adds the per-path 405/OPTIONS
 //! answers, the request log and the one `recover`.
 
+pub mod cors;
 pub mod error;
 pub mod filters;
 pub mod throttle;
@@ -13,18 +14,46 @@ use warp::{Filter, Reply};
 
 use crate::AppState;
 
-/// Every endpoint of API.md, joined.
+/// Every endpoint of API.md, joined; every reply, errors included, gets
+/// the security headers and (for allowed origins) the CORS headers.
 pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
     let max_body = state.config.server.max_body_bytes;
-    token::routes(state.clone(), max_body)
+    let cors = std::sync::Arc::new(cors::Cors::new(&state.config.server.cors_origins));
+    let api = token::routes(state.clone(), max_body)
         .or(users::routes(state.clone(), max_body))
         .unify()
         .or(health(state))
         .unify()
         .recover(error::recover)
-        .unify()
+        .unify();
+    warp::header::headers_cloned()
+        .and(warp::method())
+        .and(api)
+        .map(move |headers, method, mut response: Response| {
+            cors.decorate(&headers, &method, &mut response);
+            secure(&mut response);
+            response
+        })
         .with(warp::log::custom(log_request))
         .boxed()
+}
+
+/// The headers every reply carries: the API serves JSON only, never a
+/// page, and nothing of it may be cached.
+fn secure(response: &mut Response) {
+    use warp::http::HeaderValue;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
 }
 
 /// One line per request. Only the path is logged: a query string or

@@ -278,9 +278,13 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
             if !parsed.errors.is_empty() {
                 bail!("{}", field_errors_line(&parsed.errors));
             }
+            let (Some(username), Some(email)) = (parsed.changes.username, parsed.changes.email)
+            else {
+                bail!("username and email are required");
+            };
             let new = NewUser {
-                username: username.clone(),
-                email: email.clone(),
+                username,
+                email,
                 password_hash: password::hash(&clear, iterations)?,
                 level: 1,
                 status: Status::Offline,

@@ -49,6 +49,17 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Peers (IP addresses) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// Seconds to receive a request's headers; also the longest idle time
+    /// of a keep-alive connection.
+    pub header_read_timeout: u64,
+    /// Seconds to read a request's body and answer it.
+    pub request_timeout: u64,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Largest request line + headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +68,11 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8000".to_owned(),
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
+            header_read_timeout: 10,
+            request_timeout: 30,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -199,6 +215,11 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "bind", Kind::Str),
     ("server", "max_body_bytes", Kind::Int),
     ("server", "trusted_proxies", Kind::List),
+    ("server", "header_read_timeout", Kind::Int),
+    ("server", "request_timeout", Kind::Int),
+    ("server", "max_connections", Kind::Int),
+    ("server", "max_header_bytes", Kind::Int),
+    ("server", "cors_origins", Kind::List),
     ("database", "path", Kind::Str),
     ("database", "busy_timeout_ms", Kind::Int),
     ("database", "pool_size", Kind::Int),
@@ -346,6 +367,26 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be at least 1");
+        }
+        if self.server.header_read_timeout == 0
+            || self.server.request_timeout == 0
+            || self.server.max_connections == 0
+        {
+            bail!(
+                "server.header_read_timeout, server.request_timeout and \
+                 server.max_connections must be at least 1"
+            );
+        }
+        for origin in &self.server.cors_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/'));
+            if !valid {
+                bail!(
+                    "server.cors_origins: {origin:?} is not an origin like \
+                     \"https://app.example.com\" (scheme and host, no path) or \"*\""
+                );
+            }
         }
         for proxy in &self.server.trusted_proxies {
             if proxy.parse::<std::net::IpAddr>().is_err() {
@@ -534,6 +575,7 @@ mod tests {
                 Kind::Str => "some-value",
                 Kind::Int => "4242",
                 Kind::Bool => "false",
+                Kind::List if *key == "cors_origins" => "https://app.example",
                 Kind::List => "127.0.0.1",
             };
             let config =

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod model;
+pub mod server;
 pub mod state;
 
 use std::future::Future;
@@ -29,12 +30,9 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = api::routes(state.clone());
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let limits = server::Limits::from_config(&state.config.server);
+    let service = warp::service(api::routes(state.clone()));
+    server::serve(listener, service, limits, shutdown).await;
     // Checkpoint the WAL into the main file so a stopped server leaves one
     // tidy file behind; the pool closes when the last clone drops.
     let pool = state.pool.clone();

@@ -161,17 +161,24 @@ pub fn parse_user_body(body: &Value, required: Required) -> Result<ParsedUser, F
     let mut changes = UserChanges::default();
     let must = required != Required::Partial;
 
-    changes.username = string_field(object, "username", must, &mut errors)
-        .and_then(|v| checked(v, validate::username, "username", &mut errors));
+    // DRF's CharField trims surrounding whitespace before validating.
+    changes.username = string_field(object, "username", must, &mut errors).and_then(|v| {
+        checked(
+            v.trim().to_owned(),
+            validate::username,
+            "username",
+            &mut errors,
+        )
+    });
     changes.email = string_field(object, "email", must, &mut errors)
-        .and_then(|v| checked(v, validate::email, "email", &mut errors));
+        .and_then(|v| checked(v.trim().to_owned(), validate::email, "email", &mut errors));
     changes.level = level_field(object, &mut errors);
     changes.status = status_field(object, &mut errors);
     changes.profile_picture = match object.get("profilePicture") {
         None => None,
         Some(Value::Null) => field_error(&mut errors, "profilePicture", NULL),
         Some(Value::String(url)) => checked(
-            url.clone(),
+            url.trim().to_owned(),
             validate::profile_picture,
             "profilePicture",
             &mut errors,

@@ -118,9 +118,13 @@ pub struct Caller {
 pub fn client_address(
     state: AppState,
 ) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote()
+    warp::ext::optional::<crate::server::PeerAddr>()
         .and(warp::header::headers_cloned())
-        .map(move |peer, headers: HeaderMap| state.throttle.client_address(peer, &headers))
+        .map(
+            move |peer: Option<crate::server::PeerAddr>, headers: HeaderMap| {
+                state.throttle.client_address(peer.map(|p| p.0), &headers)
+            },
+        )
 }
 
 /// Requires a valid access token whose user exists and is active, checked

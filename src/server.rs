@@ -1,0 +1,162 @@
+//! The HTTP/1.1 server loop: accepts connections up to a limit, gives each
+//! the header-read, idle and whole-request time limits, hands requests to
+//! the warp filter, and shuts down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_service::Service;
+use warp::http::{HeaderValue, Request, StatusCode, header};
+use warp::reply::Response;
+
+use crate::config::ServerConfig;
+
+/// The socket peer of a request, for `warp::ext::optional::<PeerAddr>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to receive a request's headers, also the longest a keep-alive
+    /// connection may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Time to read the body and produce the reply.
+    pub request_timeout: Duration,
+    /// Open connections at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line + headers), in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of the `[server]` config.
+    pub fn from_config(server: &ServerConfig) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(server.header_read_timeout),
+            request_timeout: Duration::from_secs(server.request_timeout),
+            max_connections: server.max_connections,
+            // hyper's floor for its read buffer.
+            max_header_bytes: server.max_header_bytes.max(8192),
+        }
+    }
+}
+
+/// One connection's service: stamps the peer address on each request and
+/// bounds the time to answer it.
+#[derive(Clone)]
+struct ConnService<S> {
+    inner: S,
+    peer: SocketAddr,
+    request_timeout: Duration,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let future = self.inner.clone().call(req);
+        let limit = self.request_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, future).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::warn!(%method, path, "request timed out");
+                    Ok(timeout_reply())
+                }
+            }
+        })
+    }
+}
+
+fn timeout_reply() -> Response {
+    let mut response = crate::api::error::json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        &serde_json::json!({"detail": "Request timed out."}),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves; then stops
+/// accepting and waits for open connections to finish their requests.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = ConnService {
+            inner: service.clone(),
+            peer,
+            request_timeout: limits.request_timeout,
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, %peer, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
