@@ -34,6 +34,18 @@ pub enum Command {
     },
     /// Write a config file with a fresh random secret
     Init,
+    /// Write a consistent copy of the database to FILE (safe while serving)
+    Backup {
+        /// Where to write the copy; must not exist yet
+        file: PathBuf,
+    },
+    /// Replace the database with the backup FILE (the server must be stopped)
+    Restore {
+        /// The backup to restore
+        file: PathBuf,
+    },
+    /// Check the config, secret, file permissions, database and disk
+    Doctor,
     /// Manage users directly in the database
     User {
         /// The user command.

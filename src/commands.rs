@@ -1,5 +1,7 @@
 //! What each command of the command line does: config and file locations,
-//! `serve`, `init`, and the `user` commands.
+//! `serve`, `init`, `backup`, `restore`, `doctor` and the `user` commands.
+
+mod doctor;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -82,15 +84,41 @@ fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging() {
+fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
-    // A second init (tests) is harmless; ignore its error.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore its error.
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+}
+
+fn database_path(config: &Config) -> PathBuf {
+    config.database.path.clone().unwrap_or_default()
+}
+
+/// Takes the advisory lock that marks the database as served: held by
+/// `serve` for its lifetime, tried by `restore`.
+fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!("{} is locked by another rosterd", path.display()))?;
+    Ok(file)
 }
 
 /// Runs the parsed command line.
@@ -107,6 +135,40 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Backup { file }) => {
+            let config = load_config(&cli, &locations)?;
+            let db = database_path(&config);
+            let users = db::backup(&db, file)?;
+            println!(
+                "backup written to {} ({users} users), integrity ok",
+                file.display()
+            );
+            Ok(())
+        }
+        Some(Command::Restore { file }) => {
+            let config = load_config(&cli, &locations)?;
+            let db = database_path(&config);
+            let _lock = lock_database(&db).map_err(|_| {
+                anyhow::anyhow!(
+                    "a rosterd server is using {}: stop it before restoring",
+                    db.display()
+                )
+            })?;
+            match db::restore(&db, file)? {
+                Some(kept) => println!(
+                    "restored {} from {}; the previous database is kept as {}",
+                    db.display(),
+                    file.display(),
+                    kept.display()
+                ),
+                None => println!("restored {} from {}", db.display(), file.display()),
+            }
+            Ok(())
+        }
+        Some(Command::Doctor) => {
+            let loaded = load_config(&cli, &locations);
+            doctor::run(&locations.config, loaded)
+        }
         Some(Command::User { command }) => {
             let config = load_config(&cli, &locations)?;
             user_command(command, &config)
@@ -121,7 +183,6 @@ fn secret_in_environment() -> bool {
 }
 
 fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Result<()> {
-    init_logging();
     if locations.config_is_default && !locations.config.exists() && !secret_in_environment() {
         config::write_new_config(&locations.config)?;
         println!(
@@ -130,6 +191,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         );
     }
     let mut config = load_config(cli, locations)?;
+    init_logging(&config.log.format);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }
@@ -141,7 +203,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
             "auth.pbkdf2_iterations is below the recommended count: passwords are cheaper to crack"
         );
     }
-    let db_path = config.database.path.clone().unwrap_or_default();
+    let db_path = database_path(&config);
     let bind = config.server.bind.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,6 +211,13 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let state = AppState::new(config)?;
+        let _lock = lock_database(&db_path).map_err(|_| {
+            anyhow::anyhow!(
+                "database {} is in use by another rosterd server (lock file {}.lock)",
+                db_path.display(),
+                db_path.display()
+            )
+        })?;
         let listener = tokio::net::TcpListener::bind(&bind)
             .await
             .with_context(|| format!("cannot listen on {bind} (server.bind / --bind)"))?;

@@ -37,6 +37,24 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// `[rate_limit]`: login throttling.
     pub rate_limit: RateLimitConfig,
+    /// `[log]`: log format.
+    pub log: LogConfig,
+}
+
+/// `[log]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` for people, `"json"` (one object per line) for machines.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".to_owned(),
+        }
+    }
 }
 
 /// `[server]` keys.
@@ -124,6 +142,9 @@ pub struct DatabaseConfig {
     pub busy_timeout_ms: u64,
     /// Pooled SQLite connections.
     pub pool_size: u32,
+    /// Largest the database may grow, in bytes; 0: as large as the disk
+    /// allows. Writes past it answer 507, like a full disk.
+    pub max_size: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -132,6 +153,7 @@ impl Default for DatabaseConfig {
             path: None,
             busy_timeout_ms: 5_000,
             pool_size: 8,
+            max_size: 0,
         }
     }
 }
@@ -223,6 +245,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("database", "path", Kind::Str),
     ("database", "busy_timeout_ms", Kind::Int),
     ("database", "pool_size", Kind::Int),
+    ("database", "max_size", Kind::Int),
     ("auth", "secret", Kind::Str),
     ("auth", "pbkdf2_iterations", Kind::Int),
     ("auth", "access_token_lifetime", Kind::Int),
@@ -236,6 +259,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("rate_limit", "enabled", Kind::Bool),
     ("rate_limit", "per_username_per_minute", Kind::Int),
     ("rate_limit", "per_address_per_minute", Kind::Int),
+    ("log", "format", Kind::Str),
 ];
 
 /// Short environment names for the keys everybody sets.
@@ -360,6 +384,12 @@ impl Config {
         if self.auth.access_token_lifetime == 0 || self.auth.refresh_token_lifetime == 0 {
             bail!(
                 "auth.access_token_lifetime and auth.refresh_token_lifetime must be at least 1 second"
+            );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log.format is {:?}: it must be \"text\" or \"json\"",
+                self.log.format
             );
         }
         if self.database.pool_size == 0 {
@@ -572,6 +602,7 @@ mod tests {
     fn every_key_has_an_environment_twin_that_reaches_the_config() {
         for (section, key, kind) in KEYS {
             let value = match kind {
+                Kind::Str if *key == "format" => "json",
                 Kind::Str => "some-value",
                 Kind::Int => "4242",
                 Kind::Bool => "false",

@@ -53,10 +53,17 @@ pub struct Options {
     pub pool_size: u32,
 }
 
-/// Opens (or creates) the database: refuses a file from a newer rosterd,
-/// switches to WAL, applies pending migrations, and returns a pool whose
-/// connections all carry the durable pragmas.
+/// Opens (or creates) the database with no size cap; see [`open_limited`].
 pub fn open(options: &Options) -> anyhow::Result<Pool> {
+    open_limited(options, 0)
+}
+
+/// Opens (or creates) the database: refuses a file from a newer rosterd,
+/// switches to WAL, applies pending migrations, runs `PRAGMA quick_check`,
+/// and returns a pool whose connections all carry the durable pragmas and
+/// (when `max_size` is not 0) the size cap in bytes.
+pub fn open_limited(options: &Options, max_size: u64) -> anyhow::Result<Pool> {
+    let max_pages = max_size / PAGE_SIZE;
     let path = &options.path;
     let shown = path.display();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
@@ -92,7 +99,21 @@ pub fn open(options: &Options) -> anyhow::Result<Pool> {
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {shown} refused WAL mode (journal_mode is {mode})");
     }
-    apply_pragmas(&conn)?;
+    apply_pragmas(&conn, 0)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .with_context(|| format!("cannot check database {shown}"))?;
+    if check != "ok" {
+        let hint = match last_backup(path) {
+            Some(backup) => format!(
+                "the last backup is {}: stop here and run `rosterd restore {}`",
+                backup.display(),
+                backup.display()
+            ),
+            None => "no backup made by `rosterd backup` is known".to_owned(),
+        };
+        bail!("database {shown} is corrupt (quick_check: {check}); {hint}");
+    }
     migrate(&mut conn, version).with_context(|| format!("cannot migrate database {shown}"))?;
     drop(conn);
 
@@ -101,7 +122,7 @@ pub fn open(options: &Options) -> anyhow::Result<Pool> {
         .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_init(move |conn| {
             conn.busy_timeout(busy_timeout)?;
-            apply_pragmas(conn)
+            apply_pragmas(conn, max_pages)
         });
     let pool = r2d2::Pool::builder()
         .max_size(options.pool_size)
@@ -112,13 +133,140 @@ pub fn open(options: &Options) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
+/// SQLite's default page size, the unit of `max_page_count`.
+const PAGE_SIZE: u64 = 4096;
+
 /// Per-connection settings. `synchronous = FULL` in WAL mode syncs the log
 /// on every commit, so a 2xx reply means the write survives a power cut.
-fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
+/// `max_pages` (when not 0) caps the file: a write past it fails with
+/// SQLITE_FULL, as on a full disk.
+fn apply_pragmas(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = FULL;",
-    )
+    )?;
+    if max_pages > 0 {
+        let _: i64 =
+            conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |row| {
+                row.get(0)
+            })?;
+    }
+    Ok(())
+}
+
+/// The sidecar file where `backup` records the path of the last backup.
+fn last_backup_marker(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".last-backup");
+    PathBuf::from(name)
+}
+
+/// The last backup made of `db` by [`backup`], if recorded and present.
+pub fn last_backup(db: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(last_backup_marker(db)).ok()?;
+    let path = PathBuf::from(text.trim());
+    path.exists().then_some(path)
+}
+
+/// Runs `PRAGMA integrity_check` on a file opened read-only.
+pub fn integrity_check(path: &Path) -> anyhow::Result<String> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()
+        .with_context(|| format!("cannot check {}", path.display()))?;
+    Ok(rows.join("; "))
+}
+
+/// Writes a consistent copy of the live database `db` to `dest` with
+/// `VACUUM INTO` (one read transaction: a snapshot, while writers go on),
+/// checks it with `integrity_check`, and records it as the last backup.
+/// Returns the number of users in the copy.
+pub fn backup(db: &Path, dest: &Path) -> anyhow::Result<i64> {
+    if dest.exists() {
+        bail!("{} already exists; choose a new file name", dest.display());
+    }
+    if !db.exists() {
+        bail!("database {} does not exist", db.display());
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .with_context(|| format!("cannot open database {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let dest_text = dest
+        .to_str()
+        .with_context(|| format!("{} is not a UTF-8 path", dest.display()))?;
+    conn.execute("VACUUM INTO ?1", [dest_text])
+        .with_context(|| format!("cannot write backup {}", dest.display()))?;
+    let check = integrity_check(dest)?;
+    if check != "ok" {
+        let _ = std::fs::remove_file(dest);
+        bail!("the backup failed its integrity check ({check}) and was removed");
+    }
+    let users: i64 = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_ONLY)?
+        .query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
+    let absolute = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
+    std::fs::write(last_backup_marker(db), absolute.display().to_string())
+        .with_context(|| format!("cannot record the backup next to {}", db.display()))?;
+    Ok(users)
+}
+
+/// Replaces the database `db` (no server may hold it) with the backup
+/// `source` after checking it; the old file is kept aside and its path
+/// returned.
+pub fn restore(db: &Path, source: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let check = integrity_check(source)?;
+    if check != "ok" {
+        bail!(
+            "{} fails its integrity check ({check}); nothing changed",
+            source.display()
+        );
+    }
+    let version = schema_version(source)?;
+    if version > latest_version() {
+        bail!(
+            "{} has schema version {version}, newer than this rosterd knows ({}); nothing changed",
+            source.display(),
+            latest_version()
+        );
+    }
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staged = dir.join(".rosterd-restore.tmp");
+    std::fs::copy(source, &staged)
+        .with_context(|| format!("cannot copy {} into {}", source.display(), dir.display()))?;
+    std::fs::File::open(&staged)?.sync_all()?;
+    let kept = if db.exists() {
+        // Fold the WAL into the old file first so the kept copy is whole.
+        {
+            let conn = Connection::open(db)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
+        let stamp = crate::model::timestamp_now().replace([':', '.'], "-");
+        let mut name = db.as_os_str().to_owned();
+        name.push(format!(".before-restore-{stamp}"));
+        let kept = PathBuf::from(name);
+        std::fs::rename(db, &kept)
+            .with_context(|| format!("cannot move {} aside", db.display()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = db.as_os_str().to_owned();
+            side.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(side));
+        }
+        Some(kept)
+    } else {
+        None
+    };
+    std::fs::rename(&staged, db)
+        .with_context(|| format!("cannot move the restored copy to {}", db.display()))?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(kept)
 }
 
 /// Applies every migration above `current`, each with its version bump in
@@ -183,6 +331,75 @@ mod tests {
             busy_timeout: Duration::from_secs(1),
             pool_size: 2,
         }
+    }
+
+    #[test]
+    fn backup_copies_a_checked_snapshot_and_restore_brings_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path());
+        let pool = open(&opts).unwrap();
+        pool.get()
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO users (username, email, password_hash, created_at, updated_at) \
+                 VALUES ('a', 'a@x.io', 'h', 't', 't')",
+            )
+            .unwrap();
+        let copy = dir.path().join("copy.sqlite3");
+        assert_eq!(backup(&opts.path, &copy).unwrap(), 1);
+        assert_eq!(
+            last_backup(&opts.path),
+            Some(std::fs::canonicalize(&copy).unwrap())
+        );
+        assert!(backup(&opts.path, &copy).is_err(), "never overwrites");
+        pool.get()
+            .unwrap()
+            .execute_batch("DELETE FROM users")
+            .unwrap();
+        drop(pool);
+        let kept = restore(&opts.path, &copy).unwrap().unwrap();
+        assert!(kept.exists());
+        let pool = open(&opts).unwrap();
+        let n: i64 = pool
+            .get()
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn restore_refuses_a_file_that_is_not_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, b"not a database at all, not even close.....").unwrap();
+        assert!(restore(&dir.path().join("db"), &junk).is_err());
+        assert!(!dir.path().join("db").exists());
+    }
+
+    #[test]
+    fn a_size_cap_makes_writes_fail_as_on_a_full_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open_limited(&options(dir.path()), 64 * 1024).unwrap();
+        let conn = pool.get().unwrap();
+        let mut failed = None;
+        for i in 0..10_000 {
+            let result = conn.execute(
+                "INSERT INTO users (username, email, password_hash, created_at, updated_at) \
+                 VALUES (?1, ?1 || '@x.io', ?2, 't', 't')",
+                rusqlite::params![format!("user{i}"), "h".repeat(500)],
+            );
+            if let Err(err) = result {
+                failed = Some(err);
+                break;
+            }
+        }
+        let err = failed.expect("the cap was never reached");
+        assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert!(n > 0);
     }
 
     #[test]

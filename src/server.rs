@@ -19,6 +19,21 @@ use warp::reply::Response;
 
 use crate::config::ServerConfig;
 
+tokio::task_local! {
+    /// The id of the request being served, for error bodies.
+    static REQUEST_ID: String;
+}
+
+/// The id of the request this task is serving, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// A fresh request id: 16 hex characters.
+fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// The socket peer of a request, for `warp::ext::optional::<PeerAddr>()`.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -69,20 +84,30 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        use tracing::Instrument;
         req.extensions_mut().insert(PeerAddr(self.peer));
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let id = new_request_id();
+        let span = tracing::info_span!("request", id = %id);
         let future = self.inner.clone().call(req);
         let limit = self.request_timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, future).await {
-                Ok(reply) => reply,
+        let header = HeaderValue::from_str(&id).ok();
+        let serve = async move {
+            let mut response = match tokio::time::timeout(limit, future).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
                 Err(_) => {
                     tracing::warn!(%method, path, "request timed out");
-                    Ok(timeout_reply())
+                    timeout_reply()
                 }
+            };
+            if let Some(header) = header {
+                response.headers_mut().insert("x-request-id", header);
             }
-        })
+            Ok(response)
+        };
+        Box::pin(REQUEST_ID.scope(id, serve.instrument(span)))
     }
 }
 

@@ -40,11 +40,14 @@ impl AppState {
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .context("no database path configured (database.path / ROSTERD_DB / --db)")?;
-        let pool = db::open(&db::Options {
-            path,
-            busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
-            pool_size: config.database.pool_size,
-        })?;
+        let pool = db::open_limited(
+            &db::Options {
+                path,
+                busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
+                pool_size: config.database.pool_size,
+            },
+            config.database.max_size,
+        )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(AppState {
             pool,

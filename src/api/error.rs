@@ -211,11 +211,14 @@ impl ApiError {
     }
 }
 
+/// The 500 body: the generic message, and the request id that finds the
+/// cause in the log.
 fn server_error() -> (StatusCode, Value) {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        json!({"detail": "A server error occurred."}),
-    )
+    let mut body = json!({"detail": "A server error occurred."});
+    if let Some(id) = crate::server::request_id() {
+        body["request_id"] = Value::String(id);
+    }
+    (StatusCode::INTERNAL_SERVER_ERROR, body)
 }
 
 /// A JSON reply with `status`.
@@ -325,6 +328,7 @@ mod tests {
             ApiError::Internal(anyhow::anyhow!("secret path /etc/x")).status_and_body();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body, json!({"detail": "A server error occurred."}));
+        assert!(!body.to_string().contains("secret"));
     }
 
     #[test]

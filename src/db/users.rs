@@ -95,7 +95,10 @@ pub fn auth_state(conn: &Connection, id: i64) -> rusqlite::Result<Option<AuthSta
 }
 
 /// The first second from which tokens are valid again after a revocation
-/// at `now`: every token issued up to now has `iat <= now < now + 1`.
+/// at `now`: every token issued up to now has `iat <= now < now + 1`. The
+/// SQL raises it by at least one past its old value too: tokens issued
+/// after an earlier revocation in the same second carry `iat` = the old
+/// value, and a second revocation must void them as well.
 fn valid_after(now: i64) -> i64 {
     now + 1
 }
@@ -105,7 +108,7 @@ fn valid_after(now: i64) -> i64 {
 pub fn revoke_tokens(conn: &mut Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
     super::write(conn, |tx| {
         tx.execute(
-            "UPDATE users SET tokens_valid_after = max(tokens_valid_after, ?2) WHERE id = ?1",
+            "UPDATE users SET tokens_valid_after = max(tokens_valid_after + 1, ?2) WHERE id = ?1",
             params![id, valid_after(now)],
         )
         .map(|n| n == 1)
@@ -125,7 +128,7 @@ pub fn set_active(
         tx.execute(
             "UPDATE users SET is_active = ?2, updated_at = ?3, \
              tokens_valid_after = CASE WHEN ?2 THEN tokens_valid_after \
-                                       ELSE max(tokens_valid_after, ?4) END \
+                                       ELSE max(tokens_valid_after + 1, ?4) END \
              WHERE id = ?1",
             params![id, active, timestamp, valid_after(now)],
         )
@@ -405,7 +408,7 @@ pub fn set_password_hash(
     super::write(conn, |tx| {
         tx.execute(
             "UPDATE users SET password_hash = ?2, updated_at = ?3, \
-             tokens_valid_after = max(tokens_valid_after, ?4) WHERE id = ?1",
+             tokens_valid_after = max(tokens_valid_after + 1, ?4) WHERE id = ?1",
             params![id, hash, timestamp, valid_after(now)],
         )
         .map(|n| n == 1)
