@@ -4,6 +4,7 @@
 pub mod cors;
 pub mod error;
 pub mod filters;
+pub mod openapi;
 pub mod throttle;
 pub mod token;
 pub mod users;
@@ -68,33 +69,53 @@ fn log_request(info: warp::log::Info<'_>) {
     );
 }
 
-/// GET /api/health
+/// GET /api/health and GET /api/openapi.json
 fn health(state: AppState) -> BoxedFilter<(Response,)> {
-    let path = || warp::path!("api" / "health");
-    let get = path()
+    let health_path = || warp::path!("api" / "health");
+    let openapi_path = || warp::path!("api" / "openapi.json");
+    let get = health_path()
         .and(filters::get_or_head())
         .and(filters::with_state(state))
-        .then(|state: AppState| async move {
-            let up = state.db(|conn| crate::db::ping(conn)).await;
-            match up {
-                Ok(()) => error::json_response(
-                    warp::http::StatusCode::OK,
-                    &serde_json::json!({"status": "ok"}),
-                ),
-                Err(err) => {
-                    tracing::warn!(?err, "health check failed");
-                    error::json_response(
-                        warp::http::StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({"status": "unavailable"}),
-                    )
-                }
-            }
-        });
+        .then(health_check);
+    let document = std::sync::Arc::new(openapi::document());
+    let openapi = openapi_path()
+        .and(filters::get_or_head())
+        .map(move || error::json_response(warp::http::StatusCode::OK, &document));
     get.or(filters::other_methods(
-        path(),
+        health_path(),
         "Health",
         "GET, HEAD, OPTIONS",
     ))
     .unify()
+    .or(openapi)
+    .unify()
+    .or(filters::other_methods(
+        openapi_path(),
+        "OpenAPI",
+        "GET, HEAD, OPTIONS",
+    ))
+    .unify()
     .boxed()
+}
+
+/// Whether the database answers.
+#[utoipa::path(get, path = "/api/health", tag = "health",
+    responses(
+        (status = 200, description = "The database answers", body = openapi::Health),
+        (status = 503, description = "It does not", body = openapi::Health),
+    ))]
+async fn health_check(state: AppState) -> Response {
+    match state.db(|conn| crate::db::ping(conn)).await {
+        Ok(()) => error::json_response(
+            warp::http::StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        ),
+        Err(err) => {
+            tracing::warn!(?err, "health check failed");
+            error::json_response(
+                warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "unavailable"}),
+            )
+        }
+    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// A user as rendered everywhere: exactly the eight public keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// Assigned by the database, never reused.
     pub id: i64,
@@ -18,15 +18,19 @@ pub struct User {
     /// Unique ignoring case.
     pub email: String,
     /// At least 0; new users get 1.
+    #[schema(minimum = 0)]
     pub level: i64,
     /// Presence status.
     pub status: Status,
     /// `""` or an absolute http(s) URL.
     #[serde(rename = "profilePicture")]
+    #[schema(max_length = 2048)]
     pub profile_picture: String,
     /// RFC 3339 UTC; never changes.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// RFC 3339 UTC; set on every change.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -46,7 +50,7 @@ pub struct Account {
 }
 
 /// Presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Online.

@@ -118,6 +118,14 @@ fn now_i64() -> i64 {
     i64::try_from(now()).unwrap_or(i64::MAX)
 }
 
+/// Logs in: a fresh access + refresh pair.
+#[utoipa::path(post, path = "/api/token", tag = "tokens",
+    request_body(content = super::openapi::Credentials, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new pair", body = crate::auth::jwt::Pair),
+        (status = 401, description = "Wrong username or password, or inactive", body = super::openapi::Detail),
+        (status = 429, description = "Too many attempts", body = super::openapi::Detail),
+    ))]
 async fn obtain(
     body: RawBody,
     address: Option<IpAddr>,
@@ -218,6 +226,13 @@ async fn checked_refresh(
     Ok((claims, user.tokens_valid_after))
 }
 
+/// A new access token (and, with rotation, a new refresh token).
+#[utoipa::path(post, path = "/api/token/refresh", tag = "tokens",
+    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new access token", body = super::openapi::Refreshed),
+        (status = 401, description = "A bad, expired, blacklisted or wrong-type token", body = super::openapi::AuthError),
+    ))]
 async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = text_fields(&body, [("refresh", false)])?;
     let rotate = state.config.auth.rotate_refresh_tokens;
@@ -250,6 +265,13 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     }
 }
 
+/// Whether a token of either type is valid.
+#[utoipa::path(post, path = "/api/token/verify", tag = "tokens",
+    request_body(content = super::openapi::VerifyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Valid", body = super::openapi::Empty),
+        (status = 401, description = "Not valid", body = super::openapi::AuthError),
+    ))]
 async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = text_fields(&body, [("token", false)])?;
     let claims = state
@@ -278,6 +300,13 @@ async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({})))
 }
 
+/// Logs out: the refresh token never works again.
+#[utoipa::path(post, path = "/api/token/blacklist", tag = "tokens",
+    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Blacklisted", body = super::openapi::Empty),
+        (status = 401, description = "A bad or already blacklisted token", body = super::openapi::AuthError),
+    ))]
 async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = text_fields(&body, [("refresh", false)])?;
     let claims = state

@@ -98,26 +98,20 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         .map(filters::reply);
 
     // GET /api/users/me
-    let me = me_path().and(get_or_head()).and(auth()).and(state_()).then(
-        |caller: Caller, state: AppState| async move {
-            filters::reply(fetch(caller.id, state).await.map_err(|err| match err {
-                // Deleted between authentication and now.
-                ApiError::NotFound => ApiError::UserNotFound,
-                other => other,
-            }))
-        },
-    );
+    let me = me_path()
+        .and(get_or_head())
+        .and(auth())
+        .and(state_())
+        .then(get_me)
+        .map(filters::reply);
 
     // GET /api/users/{id}
     let get_one = one_path()
         .and(get_or_head())
         .and(auth())
         .and(state_())
-        .then(
-            |user: UserRef, _caller: Caller, state: AppState| async move {
-                filters::reply(async { fetch(user.id()?, state).await }.await)
-            },
-        );
+        .then(get_user)
+        .map(filters::reply);
 
     // PUT /api/users/{id}
     let put = one_path()
@@ -125,7 +119,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(filters::body(max_body))
         .and(state_())
-        .then(|user, caller, body, state| update(user, caller, body, state, Required::Full))
+        .then(put_user)
         .map(filters::reply);
 
     // PATCH /api/users/{id}
@@ -134,7 +128,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         .and(auth())
         .and(filters::body(max_body))
         .and(state_())
-        .then(|user, caller, body, state| update(user, caller, body, state, Required::Partial))
+        .then(patch_user)
         .map(filters::reply);
 
     // DELETE /api/users/{id}
@@ -308,6 +302,15 @@ fn link_header(kept: &[(String, String)], limit: i64, offset: i64, total: i64) -
     (!links.is_empty()).then(|| links.join(", "))
 }
 
+/// Every user (streamed), or one page of them with `limit`.
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    params(super::openapi::ListQueryDoc),
+    security(("jwt" = [])),
+    responses(
+        (status = 200, description = "Users ordered by id (or `ordering`); with `limit`, \
+            the page, with `X-Total-Count` and `Link`", body = Vec<User>),
+        (status = 400, description = "A bad query parameter", body = super::openapi::FieldErrors),
+    ))]
 async fn list(
     _caller: Caller,
     pairs: Vec<(String, String)>,
@@ -396,6 +399,68 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
     response
 }
 
+/// The caller.
+#[utoipa::path(get, path = "/api/users/me", tag = "users",
+    security(("jwt" = [])),
+    responses((status = 200, description = "The caller", body = User)))]
+async fn get_me(caller: Caller, state: AppState) -> Result<Response, ApiError> {
+    fetch(caller.id, state).await.map_err(|err| match err {
+        // Deleted between authentication and now.
+        ApiError::NotFound => ApiError::UserNotFound,
+        other => other,
+    })
+}
+
+/// One user.
+#[utoipa::path(get, path = "/api/users/{id}", tag = "users",
+    params(("id" = i64, Path, description = "The user's id")),
+    security(("jwt" = [])),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 404, description = "No such user", body = super::openapi::Detail),
+    ))]
+async fn get_user(user: UserRef, _caller: Caller, state: AppState) -> Result<Response, ApiError> {
+    fetch(user.id()?, state).await
+}
+
+/// Replaces the writable fields; `username` and `email` are required.
+#[utoipa::path(put, path = "/api/users/{id}", tag = "users",
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body(content = super::openapi::UserUpdate, content_type = "application/json"),
+    security(("jwt" = [])),
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 403, description = "Not the user, not staff", body = super::openapi::Detail),
+        (status = 404, description = "No such user", body = super::openapi::Detail),
+    ))]
+async fn put_user(
+    user: UserRef,
+    caller: Caller,
+    body: RawBody,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    update(user, caller, body, state, Required::Full).await
+}
+
+/// Changes any subset of the writable fields.
+#[utoipa::path(patch, path = "/api/users/{id}", tag = "users",
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body(content = super::openapi::UserPatch, content_type = "application/json"),
+    security(("jwt" = [])),
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 403, description = "Not the user, not staff", body = super::openapi::Detail),
+        (status = 404, description = "No such user", body = super::openapi::Detail),
+    ))]
+async fn patch_user(
+    user: UserRef,
+    caller: Caller,
+    body: RawBody,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    update(user, caller, body, state, Required::Partial).await
+}
+
 async fn fetch(id: i64, state: AppState) -> Result<Response, ApiError> {
     let account = state
         .db(move |conn| db::users::by_id(conn, id))
@@ -434,6 +499,15 @@ async fn check_taken(
     Ok(())
 }
 
+/// Registration (staff only when `registration.open` is false).
+#[utoipa::path(post, path = "/api/users", tag = "users",
+    request_body(content = super::openapi::Registration, content_type = "application/json"),
+    security((), ("jwt" = [])),
+    responses(
+        (status = 201, description = "The new user", body = User),
+        (status = 401, description = "A bad token (closed registration)", body = super::openapi::AuthError),
+        (status = 403, description = "Registration is closed", body = super::openapi::Detail),
+    ))]
 async fn create(headers: HeaderMap, body: RawBody, state: AppState) -> Result<Response, ApiError> {
     if !state.config.registration.open {
         // Closed registration: only staff create users. No credentials at
@@ -524,6 +598,15 @@ async fn update(
     Ok(user_reply(StatusCode::OK, &updated))
 }
 
+/// Deletes the user for good; their id is never reused.
+#[utoipa::path(delete, path = "/api/users/{id}", tag = "users",
+    params(("id" = i64, Path, description = "The user's id")),
+    security(("jwt" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not the user, not staff", body = super::openapi::Detail),
+        (status = 404, description = "No such user", body = super::openapi::Detail),
+    ))]
 async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Response, ApiError> {
     let id = editable_target(&user, caller, &state).await?;
     let deleted = state.db(move |conn| db::users::delete(conn, id)).await?;
@@ -533,6 +616,10 @@ async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Respon
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
+/// Voids every token of the caller issued until now.
+#[utoipa::path(post, path = "/api/users/me/logout-all", tag = "sessions",
+    security(("jwt" = [])),
+    responses((status = 204, description = "Every earlier token is void")))]
 async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiError> {
     let now = unix_now();
     state
@@ -549,6 +636,14 @@ fn unix_now() -> i64 {
 pub const WRONG_OLD_PASSWORD: &str =
     "Your old password was entered incorrectly. Please enter it again.";
 
+/// Changes the caller's password; every earlier token stops working.
+#[utoipa::path(post, path = "/api/users/me/password", tag = "sessions",
+    request_body(content = super::openapi::PasswordChange, content_type = "application/json"),
+    security(("jwt" = [])),
+    responses(
+        (status = 204, description = "Changed; every earlier token is void"),
+        (status = 429, description = "Too many attempts", body = super::openapi::Detail),
+    ))]
 async fn change_password(
     caller: Caller,
     body: RawBody,

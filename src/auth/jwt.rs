@@ -122,7 +122,7 @@ pub struct Signed {
 }
 
 /// A fresh access + refresh pair.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Pair {
     /// Access token.
     pub access: String,
