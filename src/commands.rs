@@ -26,7 +26,7 @@ fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("org", "rosterd", "rosterd")
 }
 
-fn locations(cli: &Cli) -> anyhow::Result<Locations> {
+fn locations(cli: &Cli) -> Locations {
     let dirs = project_dirs();
     let explicit = cli
         .config
@@ -34,19 +34,19 @@ fn locations(cli: &Cli) -> anyhow::Result<Locations> {
         .or_else(|| std::env::var_os("ROSTERD_CONFIG").map(PathBuf::from));
     let (config, config_is_default) = match explicit {
         Some(path) => (path, false),
-        None => {
-            let dirs = dirs.as_ref().context(
-                "cannot find the platform config directory (no home directory?): \
-                 pass --config FILE",
-            )?;
-            (dirs.config_dir().join("config.toml"), true)
-        }
+        // Without a home directory (a bare container, `env -i`), the
+        // environment alone can configure rosterd; a config file, if any,
+        // is looked for in the working directory.
+        None => match &dirs {
+            Some(dirs) => (dirs.config_dir().join("config.toml"), true),
+            None => (PathBuf::from("rosterd.toml"), true),
+        },
     };
-    Ok(Locations {
+    Locations {
         config,
         config_is_default,
         data_dir: dirs.map(|d| d.data_dir().to_path_buf()),
-    })
+    }
 }
 
 /// Loads the config (defaults < file < environment < `--db`) and settles
@@ -123,7 +123,7 @@ fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let locations = locations(&cli)?;
+    let locations = locations(&cli);
     match &cli.command {
         None => serve(&cli, &locations, None),
         Some(Command::Serve { bind }) => serve(&cli, &locations, bind.clone()),
