@@ -215,6 +215,10 @@ fn parse_list_params(pairs: Vec<(String, String)>) -> Result<ListParams, ApiErro
     // The last value of a repeated parameter wins, as in Django's QueryDict.
     let last: std::collections::BTreeMap<String, String> = pairs.into_iter().collect();
     for (key, value) in last {
+        // An empty value is no filter, as in django-filter and DRF.
+        if value.trim().is_empty() {
+            continue;
+        }
         match key.as_str() {
             "search" => {
                 params.query.search = Some(value.trim().to_owned());
