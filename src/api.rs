@@ -41,7 +41,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
 
 /// The headers every reply carries: the API serves JSON only, never a
 /// page, and nothing of it may be cached.
-fn secure(response: &mut Response) {
+pub(crate) fn secure(response: &mut Response) {
     use warp::http::HeaderValue;
     let headers = response.headers_mut();
     for (name, value) in [

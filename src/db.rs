@@ -112,7 +112,8 @@ pub fn open_limited(options: &Options, max_size: u64) -> anyhow::Result<Pool> {
             ),
             None => "no backup made by `rosterd backup` is known".to_owned(),
         };
-        bail!("database {shown} is corrupt (quick_check: {check}); {hint}");
+        let first = check.lines().take(3).collect::<Vec<_>>().join("; ");
+        bail!("database {shown} is corrupt (quick_check: {first}); {hint}");
     }
     migrate(&mut conn, version).with_context(|| format!("cannot migrate database {shown}"))?;
     drop(conn);
@@ -172,12 +173,18 @@ pub fn last_backup(db: &Path) -> Option<PathBuf> {
 pub fn integrity_check(path: &Path) -> anyhow::Result<String> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let rows: Vec<String> = conn
-        .prepare("PRAGMA integrity_check")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()
-        .with_context(|| format!("cannot check {}", path.display()))?;
-    Ok(rows.join("; "))
+    let rows = (|| -> rusqlite::Result<Vec<String>> {
+        conn.prepare("PRAGMA integrity_check")?
+            .query_map([], |row| row.get(0))?
+            .collect()
+    })()
+    .with_context(|| format!("cannot check {}", path.display()))?;
+    // One line per finding, whatever SQLite put inside a row.
+    Ok(rows
+        .iter()
+        .flat_map(|row| row.lines())
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Writes a consistent copy of the live database `db` to `dest` with
@@ -223,7 +230,8 @@ pub fn restore(db: &Path, source: &Path) -> anyhow::Result<Option<PathBuf>> {
             source.display()
         );
     }
-    let version = schema_version(source)?;
+    let version = schema_version(source)
+        .with_context(|| format!("cannot read the schema version of {}", source.display()))?;
     if version > latest_version() {
         bail!(
             "{} has schema version {version}, newer than this rosterd knows ({}); nothing changed",

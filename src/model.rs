@@ -272,6 +272,11 @@ pub fn string_field(
         None if required => field_error(errors, field, REQUIRED),
         None => None,
         Some(Value::Null) => field_error(errors, field, NULL),
+        // DRF refuses NUL in every CharField. For a password it matters:
+        // HMAC zero-pads short keys, so "pw" and "pw\0" hash alike.
+        Some(Value::String(s)) if s.contains('\0') => {
+            field_error(errors, field, "Null characters are not allowed.")
+        }
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => field_error(errors, field, NOT_A_STRING),
     }
@@ -413,6 +418,23 @@ mod tests {
             vec!["\"xyz\" is not a valid choice.".to_owned()]
         );
         assert!(errors.contains_key("profilePicture"));
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_string_field() {
+        let errors = parse_user_body(
+            &json!({"username": "a\0", "email": "a@b.io\0", "password": "pw\0"}),
+            Required::Registration,
+        )
+        .unwrap()
+        .errors;
+        for field in ["username", "email", "password"] {
+            assert_eq!(
+                errors[field],
+                vec!["Null characters are not allowed.".to_owned()],
+                "{field}"
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn new_request_id() -> String {
 pub struct PeerAddr(pub SocketAddr);
 
 /// Limits applied to every connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Time to receive a request's headers, also the longest a keep-alive
     /// connection may sit idle between requests.
@@ -50,6 +50,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line + headers), in bytes.
     pub max_header_bytes: usize,
+    /// CORS, for the replies made here (timeouts) rather than by the API.
+    pub cors: Arc<crate::api::cors::Cors>,
 }
 
 impl Limits {
@@ -61,6 +63,7 @@ impl Limits {
             max_connections: server.max_connections,
             // hyper's floor for its read buffer.
             max_header_bytes: server.max_header_bytes.max(8192),
+            cors: Arc::new(crate::api::cors::Cors::new(&server.cors_origins)),
         }
     }
 }
@@ -72,6 +75,7 @@ struct ConnService<S> {
     inner: S,
     peer: SocketAddr,
     request_timeout: Duration,
+    cors: Arc<crate::api::cors::Cors>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -88,6 +92,8 @@ where
         req.extensions_mut().insert(PeerAddr(self.peer));
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let cors = self.cors.clone();
         let id = new_request_id();
         let span = tracing::info_span!("request", id = %id);
         let future = self.inner.clone().call(req);
@@ -99,7 +105,13 @@ where
                 Ok(Err(never)) => match never {},
                 Err(_) => {
                     tracing::warn!(%method, path, "request timed out");
-                    timeout_reply()
+                    let mut reply = timeout_reply();
+                    let mut request = warp::http::HeaderMap::new();
+                    if let Some(origin) = origin {
+                        request.insert(header::ORIGIN, origin);
+                    }
+                    cors.decorate(&request, &method, &mut reply);
+                    reply
                 }
             };
             if let Some(header) = header {
@@ -119,6 +131,7 @@ fn timeout_reply() -> Response {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    crate::api::secure(&mut response);
     response
 }
 
@@ -166,6 +179,7 @@ pub async fn serve<S>(
             inner: service.clone(),
             peer,
             request_timeout: limits.request_timeout,
+            cors: limits.cors.clone(),
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

@@ -583,3 +583,215 @@ pub fn now() -> i64 {
         .expect("after 1970")
         .as_secs() as i64
 }
+
+// --- listing ---
+
+/// A user row written straight into the database, for listings too big to
+/// register one by one.
+#[derive(Debug, Clone)]
+pub struct SeedUser {
+    pub username: String,
+    pub email: String,
+    pub level: i64,
+    pub status: &'static str,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl SeedUser {
+    /// The JSON the API must render for this row under `id`.
+    pub fn json(&self, id: i64) -> Value {
+        json!({
+            "id": id,
+            "username": self.username,
+            "email": self.email,
+            "level": self.level,
+            "status": self.status,
+            "profilePicture": "",
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A reply of GET /api/users, read whole.
+#[derive(Debug)]
+pub struct Listing {
+    pub status: StatusCode,
+    pub body: Value,
+    /// `X-Total-Count`, when sent (it must be an integer).
+    pub total: Option<i64>,
+    /// The `Link` targets by `rel`.
+    pub links: std::collections::BTreeMap<String, String>,
+    /// Whether the body came with `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+}
+
+impl Listing {
+    /// The ids of a 200's array, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        let users = self.body.as_array();
+        let users = users.unwrap_or_else(|| panic!("not an array: {}", self.body));
+        users
+            .iter()
+            .map(|u| u["id"].as_i64().expect("id"))
+            .collect()
+    }
+}
+
+/// Parses RFC 8288 `Link` values (`<target>; rel="name", ...`) into rel ->
+/// target; panics on a malformed part or a rel given twice.
+pub fn parse_links<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut links = std::collections::BTreeMap::new();
+    for part in values.into_iter().flat_map(|v| v.split(',')) {
+        let bad = format!("Link part {part:?} is not <target>; rel=\"name\"");
+        let (target, params) = part
+            .trim()
+            .strip_prefix('<')
+            .and_then(|p| p.split_once('>'))
+            .expect(&bad);
+        let rel = params
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("rel="))
+            .map(|r| r.trim_matches('"'))
+            .next()
+            .expect(&bad);
+        let old = links.insert(rel.to_owned(), target.to_owned());
+        assert!(old.is_none(), "rel {rel} twice in Link");
+    }
+    links
+}
+
+impl TestApp {
+    /// Inserts `users` in one transaction; returns them as the API must
+    /// render them, in insertion (= id) order.
+    pub fn seed_users(&self, users: &[SeedUser]) -> Vec<Value> {
+        let mut conn = self.db();
+        let tx = conn.transaction().expect("begin");
+        let mut rendered = Vec::with_capacity(users.len());
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO users (username, email, password_hash, level, status, \
+                     profile_picture, is_staff, is_active, created_at, updated_at) \
+                     VALUES (?1, ?2, 'x', ?3, ?4, '', 0, 1, ?5, ?6)",
+                )
+                .expect("prepare the insert");
+            for u in users {
+                insert
+                    .execute(rusqlite::params![
+                        u.username,
+                        u.email,
+                        u.level,
+                        u.status,
+                        u.created_at,
+                        u.updated_at
+                    ])
+                    .expect("insert a seed user");
+                rendered.push(u.json(tx.last_insert_rowid()));
+            }
+        }
+        tx.commit().expect("commit the seed users");
+        rendered
+    }
+
+    /// GETs `path` (`/api/users?...`) with `token` and reads the reply whole.
+    pub async fn list_users(&self, token: &str, path: &str) -> Listing {
+        let resp = self.send(Method::GET, path, Some(token), None).await;
+        let headers = resp.headers().clone();
+        let (status, body) = read_json(resp).await;
+        let total = headers.get("x-total-count").map(|v| {
+            let v = v.to_str().expect("ASCII X-Total-Count");
+            v.parse().unwrap_or_else(|_| panic!("X-Total-Count {v:?}"))
+        });
+        let links = parse_links(
+            headers
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .map(|v| v.to_str().expect("ASCII Link")),
+        );
+        let chunked = headers
+            .get_all(reqwest::header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("chunked")));
+        Listing {
+            status,
+            body,
+            total,
+            links,
+            chunked,
+        }
+    }
+}
+
+// --- attacks ---
+
+impl TestApp {
+    /// Every row of every table (`sqlite_sequence` included), as text, in
+    /// a stable order: equal before and after a request that must change
+    /// nothing.
+    pub fn db_snapshot(&self) -> Vec<String> {
+        let conn = self.db();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .expect("list tables")
+            .query_map([], |row| row.get(0))
+            .expect("list tables")
+            .collect::<Result<_, _>>()
+            .expect("table names");
+        let mut rows = Vec::new();
+        for table in tables {
+            let sql = format!("SELECT * FROM \"{table}\"");
+            let mut statement = conn.prepare(&sql).expect(&sql);
+            let columns = statement.column_count();
+            let mut table_rows: Vec<String> = statement
+                .query_map([], |row| {
+                    let values = (0..columns)
+                        .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(format!("{table}: {values:?}"))
+                })
+                .expect(&sql)
+                .collect::<Result<_, _>>()
+                .expect(&sql);
+            table_rows.sort();
+            rows.extend(table_rows);
+        }
+        rows
+    }
+
+    /// Sends raw body bytes with the given `Content-Type` (none if `None`).
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let builder = self.request(method, path, token);
+        let builder = match content_type {
+            Some(content_type) => builder.header(CONTENT_TYPE, content_type),
+            None => builder,
+        };
+        builder.body(body).send().await.expect("request sent")
+    }
+
+    /// Whether GET /api/health answers 200 `{"status": "ok"}`.
+    pub async fn healthy(&self) -> bool {
+        match self
+            .client
+            .get(format!("{}/api/health", self.base_url))
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status() == StatusCode::OK => resp
+                .json::<Value>()
+                .await
+                .is_ok_and(|body| body == json!({"status": "ok"})),
+            _ => false,
+        }
+    }
+}
