@@ -10,7 +10,7 @@ Subcommands:
   owners-access PORT ID:REFRESH,..  refresh each; print "id:access,..."
   probe PORT METHOD PATH [BODY] [TOKEN]
                                     one request; print "STATUS BYTES ITEMS FIRST_ID"
-  startup BIN DB RUNS SECRET        median ms from exec to first 200 from /api/health
+  startup BIN CONFIG DB RUNS SECRET median ms from exec to first 200 from /api/health
   hash-ceiling ITERATIONS RUNS      seconds of one PBKDF2 by `openssl kdf` (median)
   proc PID FIELD                    a /proc/PID/status field in KiB (VmRSS, VmHWM)
   wrk-json FILE                     the BENCHJSON line of a wrk output, as JSON
@@ -148,7 +148,7 @@ def health_ok(port):
         return False
 
 
-def cmd_startup(binary, db, runs, secret):
+def cmd_startup(binary, config, db, runs, secret):
     """Median ms from exec to the first 200 of /api/health, over RUNS starts.
 
     DB "fresh" means a new, not yet existing file for every start;
@@ -161,7 +161,7 @@ def cmd_startup(binary, db, runs, secret):
         for i in range(int(runs)):
             path = os.path.join(tmp, f"fresh{i}.sqlite3") if db == "fresh" else db
             port = free_port()
-            args = [binary, "--config", os.path.join(tmp, "none.toml"), "--db", path,
+            args = [binary, "--config", config, "--db", path,
                     "serve", "--bind", f"127.0.0.1:{port}"]
             started = time.perf_counter()
             proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
@@ -296,6 +296,7 @@ def cmd_report(results, json_path):
 
     rows = []
     out = {"date": facts["date"], "machine": facts["machine"], "settings": settings,
+           "source": facts.get("source"),
            "ceilings": ceilings, "ceilings_detail": ceilings_detail, "scenarios": {},
            "binary": facts["binary"], "memory": facts["memory"], "startup": facts["startup"]}
 
@@ -417,7 +418,12 @@ def cmd_report(results, json_path):
         f"hash ceiling = {facts['machine']['cores']} cores ÷ "
         + (f"{h['median'] * 1000:.0f} ms per openssl hash" if h else "n/a")
         + f"; sqlite ceiling = {settings['duration']}s loop of the PUT UPDATE, one connection, "
-        "BEGIN IMMEDIATE each.")
+        "BEGIN IMMEDIATE each. Source: commit "
+        f"{facts.get('source', {}).get('commit', '?')} + "
+        f"{facts.get('source', {}).get('uncommitted_files', '?')} uncommitted file(s). "
+        "Load average before/after: "
+        f"{facts['machine'].get('loadavg_before', '?')} / "
+        f"{facts['machine'].get('loadavg_after', '?')}.")
     out["table_markdown"] = table
     out["settings_line"] = settings_line
     print(table)

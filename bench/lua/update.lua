@@ -6,8 +6,9 @@ local owners = bench.pairs_list(bench.env("BENCH_OWNERS"))
 local statuses = { "online", "busy", "offline" }
 local n = 0
 
+-- wrk.format() uses the headers given *instead of* wrk.headers, so each
+-- request carries its own full set.
 wrk.method = "PUT"
-wrk.headers["Content-Type"] = "application/json"
 
 function request()
   n = n + 1
@@ -16,5 +17,6 @@ function request()
     '{"username":"user%d","email":"user%d@example.com","status":"%s"}',
     owner.id, owner.id, statuses[n % 3 + 1])
   return wrk.format(nil, "/api/users/" .. owner.id,
-                    { ["Authorization"] = "Bearer " .. owner.token }, body)
+                    { ["Authorization"] = "Bearer " .. owner.token,
+                      ["Content-Type"] = "application/json" }, body)
 end
