@@ -196,13 +196,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         config.server.bind = bind;
     }
     config.check_secret(&locations.config)?;
-    if config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS {
-        tracing::warn!(
-            iterations = config.auth.pbkdf2_iterations,
-            recommended = config::DEFAULT_PBKDF2_ITERATIONS,
-            "auth.pbkdf2_iterations is below the recommended count: passwords are cheaper to crack"
-        );
-    }
+    let weak_hashing = config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS;
     let db_path = database_path(&config);
     let bind = config.server.bind.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -210,18 +204,30 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let state = AppState::new(config)?;
-        let _lock = lock_database(&db_path).map_err(|_| {
-            anyhow::anyhow!(
+        // The lock first, so a second server never touches (or migrates)
+        // a database that one is serving. A missing directory is left for
+        // the database's own, clearer, error.
+        let _lock = match lock_database(&db_path) {
+            Ok(lock) => Some(lock),
+            Err(_) if !db_path.parent().is_some_and(|d| d.as_os_str().is_empty() || d.is_dir()) => None,
+            Err(_) => anyhow::bail!(
                 "database {} is in use by another rosterd server (lock file {}.lock)",
                 db_path.display(),
                 db_path.display()
-            )
-        })?;
+            ),
+        };
+        let state = AppState::new(config)?;
         let listener = tokio::net::TcpListener::bind(&bind)
             .await
             .with_context(|| format!("cannot listen on {bind} (server.bind / --bind)"))?;
         let addr = listener.local_addr()?;
+        if weak_hashing {
+            tracing::warn!(
+                iterations = state.config.auth.pbkdf2_iterations,
+                recommended = config::DEFAULT_PBKDF2_ITERATIONS,
+                "auth.pbkdf2_iterations is below the recommended count: passwords are cheaper to crack"
+            );
+        }
         let shutdown = shutdown_signal()?;
         println!(
             "rosterd: serving on http://{addr} (database {}, config {})",

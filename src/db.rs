@@ -82,6 +82,11 @@ pub fn open_limited(options: &Options, max_size: u64) -> anyhow::Result<Pool> {
     )
     .with_context(|| format!("cannot open database {shown}"))?;
     conn.busy_timeout(options.busy_timeout)?;
+    // SQLite quietly opens a file it may not write read-only; a server
+    // that cannot write must not start.
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        bail!("cannot open database {shown}: the file is read-only (check its permissions)");
+    }
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .with_context(|| format!("cannot open database {shown}"))?;

@@ -28,6 +28,10 @@ pub struct AppState {
     pub hashes: Arc<HashGate>,
     /// Password-attempt limits.
     pub throttle: Arc<Throttle>,
+    /// One writer at a time inside this process: writers queue here, in
+    /// order, instead of in SQLite's busy handler (which sleeps and backs
+    /// off, leaving the write lock idle between commits).
+    pub writer: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
             keys: Arc::new(Keys::new(&config.auth)),
             hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
             throttle: Arc::new(Throttle::new(&config.rate_limit, &config.server)),
+            writer: Arc::new(Semaphore::new(1)),
             config: Arc::new(config),
         })
     }
@@ -69,6 +74,44 @@ impl AppState {
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
             f(&mut conn).map_err(ApiError::from)
+        })
+        .await?
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool, for work
+    /// that mixes queries with checks answering `ApiError`.
+    pub async fn db_with<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// Like [`AppState::db_with`] for work that writes: it waits its turn
+    /// behind this process's other writers first.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let turn = self
+            .writer
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the commit is done, even if the client goes away.
+            let _turn = turn;
+            let mut conn = pool.get()?;
+            f(&mut conn)
         })
         .await?
     }

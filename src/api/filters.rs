@@ -163,9 +163,24 @@ fn bearer_token(headers: &HeaderMap) -> Result<&[u8], ApiError> {
     }
 }
 
-/// Authenticates the request's `Authorization` header (see
-/// [`authenticated`]).
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// A verified access token whose user is not yet checked against the
+/// database: handlers check it with [`authorize`] in the same blocking
+/// task as their own queries (one trip to the blocking pool per request).
+#[derive(Debug, Clone)]
+pub struct Bearer {
+    claims: crate::auth::jwt::Claims,
+}
+
+/// Requires `Authorization: Bearer <access token>` with a valid signature,
+/// type and expiry; the user is checked by [`authorize`].
+pub fn bearer(state: AppState) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+        let state = state.clone();
+        async move { decode_bearer(&state, &headers).map_err(warp::reject::custom) }
+    })
+}
+
+fn decode_bearer(state: &AppState, headers: &HeaderMap) -> Result<Bearer, ApiError> {
     let token = bearer_token(headers)?;
     let token = std::str::from_utf8(token)
         .map_err(|_| ApiError::InvalidAccessToken(crate::auth::jwt::TokenError::Invalid))?;
@@ -173,12 +188,16 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         .keys
         .decode(token, TokenType::Access)
         .map_err(ApiError::InvalidAccessToken)?;
-    let id = claims.user_id().ok_or(ApiError::UserNotFound)?;
-    let user = state
-        .db(move |conn| crate::db::users::auth_state(conn, id))
-        .await?
-        .ok_or(ApiError::UserNotFound)?;
-    if claims.is_void(user.tokens_valid_after) {
+    Ok(Bearer { claims })
+}
+
+/// Checks the token's user as simplejwt does on every request: it exists,
+/// is active, and the token is not void since a logout-all or password
+/// change. Runs on the blocking pool, inside the handler's task.
+pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller, ApiError> {
+    let id = bearer.claims.user_id().ok_or(ApiError::UserNotFound)?;
+    let user = crate::db::users::auth_state(conn, id)?.ok_or(ApiError::UserNotFound)?;
+    if bearer.claims.is_void(user.tokens_valid_after) {
         return Err(ApiError::InvalidAccessToken(
             crate::auth::jwt::TokenError::Blacklisted,
         ));
@@ -188,6 +207,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         username: user.username,
         is_staff: user.is_staff,
     })
+}
+
+/// Authenticates the request's `Authorization` header (see
+/// [`authenticated`]).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let bearer = decode_bearer(state, headers)?;
+    state.db_with(move |conn| authorize(conn, &bearer)).await
 }
 
 /// Answers, for a known path, OPTIONS (200 with `Allow`, as DRF's metadata)

@@ -1,10 +1,16 @@
 //! Black-box tests of rosterd over real HTTP: one test binary, one module
 //! per area of the API, the harness in `helpers`.
 
+mod attacks;
+mod bad_input;
 mod cli;
+mod crash;
 mod errors;
 mod health;
 mod helpers;
 mod lifecycle;
+mod listing;
+mod operations;
+mod sessions;
 mod token;
 mod users;
