@@ -144,7 +144,13 @@ async fn obtain(
     let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;
     if state.config.auth.rotate_refresh_tokens {
         state
-            .db(move |conn| db::tokens::record_login(conn, &issued(&refresh), now_i64()))
+            .write(move |conn| {
+                Ok(db::tokens::record_login(
+                    conn,
+                    &issued(&refresh),
+                    now_i64(),
+                )?)
+            })
             .await?;
     }
     Ok(json_response(StatusCode::OK, &json!(pair)))
@@ -250,7 +256,15 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let (pair, new) = state.keys.issue_pair(id, valid_after)?;
     let grace = i64::try_from(state.config.auth.rotation_grace_period).unwrap_or(i64::MAX);
     let outcome = state
-        .db(move |conn| db::tokens::rotate(conn, &issued(&claims), &issued(&new), now_i64(), grace))
+        .write(move |conn| {
+            Ok(db::tokens::rotate(
+                conn,
+                &issued(&claims),
+                &issued(&new),
+                now_i64(),
+                grace,
+            )?)
+        })
         .await?;
     match outcome {
         Rotation::Rotated => Ok(json_response(StatusCode::OK, &json!(pair))),
@@ -314,7 +328,7 @@ async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError>
         .decode(&token, TokenType::Refresh)
         .map_err(ApiError::InvalidToken)?;
     let newly = state
-        .db(move |conn| db::tokens::blacklist(conn, &issued(&claims), now_i64()))
+        .write(move |conn| Ok(db::tokens::blacklist(conn, &issued(&claims), now_i64())?))
         .await?;
     if !newly {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));

@@ -9,7 +9,8 @@ use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, ResultExt};
 use super::filters::{
-    self, Caller, RawBody, authenticated, client_address, get_or_head, with_state,
+    self, Bearer, Caller, RawBody, authenticated, authorize, client_address, get_or_head,
+    with_state,
 };
 use super::token::{MAX_PASSWORD_BYTES, text_fields};
 use crate::AppState;
@@ -57,6 +58,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let one_path = || warp::path!("api" / "users" / UserRef);
     let one_path_only = || one_path().map(|_| ()).untuple_one();
     let auth = || authenticated(state.clone());
+    let bearer = || filters::bearer(state.clone());
     let state_ = || with_state(state.clone());
 
     // GET /api/users
@@ -100,7 +102,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // GET /api/users/me
     let me = me_path()
         .and(get_or_head())
-        .and(auth())
+        .and(bearer())
         .and(state_())
         .then(get_me)
         .map(filters::reply);
@@ -108,7 +110,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // GET /api/users/{id}
     let get_one = one_path()
         .and(get_or_head())
-        .and(auth())
+        .and(bearer())
         .and(state_())
         .then(get_user)
         .map(filters::reply);
@@ -116,7 +118,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // PUT /api/users/{id}
     let put = one_path()
         .and(warp::put())
-        .and(auth())
+        .and(bearer())
         .and(filters::body(max_body))
         .and(state_())
         .then(put_user)
@@ -125,7 +127,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // PATCH /api/users/{id}
     let patch = one_path()
         .and(warp::patch())
-        .and(auth())
+        .and(bearer())
         .and(filters::body(max_body))
         .and(state_())
         .then(patch_user)
@@ -134,7 +136,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // DELETE /api/users/{id}
     let delete = one_path()
         .and(warp::delete())
-        .and(auth())
+        .and(bearer())
         .and(state_())
         .then(delete)
         .map(filters::reply);
@@ -407,12 +409,14 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
 #[utoipa::path(get, path = "/api/users/me", tag = "users",
     security(("jwt" = [])),
     responses((status = 200, description = "The caller", body = User)))]
-async fn get_me(caller: Caller, state: AppState) -> Result<Response, ApiError> {
-    fetch(caller.id, state).await.map_err(|err| match err {
-        // Deleted between authentication and now.
-        ApiError::NotFound => ApiError::UserNotFound,
-        other => other,
-    })
+async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
+    let user = state
+        .db_with(move |conn| {
+            let caller = authorize(conn, &bearer)?;
+            Ok(db::users::by_id(conn, caller.id)?.ok_or(ApiError::UserNotFound)?)
+        })
+        .await?;
+    Ok(user_reply(StatusCode::OK, &user.user))
 }
 
 /// One user.
@@ -423,8 +427,14 @@ async fn get_me(caller: Caller, state: AppState) -> Result<Response, ApiError> {
         (status = 200, description = "The user", body = User),
         (status = 404, description = "No such user", body = super::openapi::Detail),
     ))]
-async fn get_user(user: UserRef, _caller: Caller, state: AppState) -> Result<Response, ApiError> {
-    fetch(user.id()?, state).await
+async fn get_user(user: UserRef, bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
+    let account = state
+        .db_with(move |conn| {
+            authorize(conn, &bearer)?;
+            Ok(db::users::by_id(conn, user.id()?)?.ok_or(ApiError::NotFound)?)
+        })
+        .await?;
+    Ok(user_reply(StatusCode::OK, &account.user))
 }
 
 /// Replaces the writable fields; `username` and `email` are required.
@@ -439,11 +449,11 @@ async fn get_user(user: UserRef, _caller: Caller, state: AppState) -> Result<Res
     ))]
 async fn put_user(
     user: UserRef,
-    caller: Caller,
+    bearer: Bearer,
     body: RawBody,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    update(user, caller, body, state, Required::Full).await
+    update(user, bearer, body, state, Required::Full).await
 }
 
 /// Changes any subset of the writable fields.
@@ -458,36 +468,26 @@ async fn put_user(
     ))]
 async fn patch_user(
     user: UserRef,
-    caller: Caller,
+    bearer: Bearer,
     body: RawBody,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    update(user, caller, body, state, Required::Partial).await
-}
-
-async fn fetch(id: i64, state: AppState) -> Result<Response, ApiError> {
-    let account = state
-        .db(move |conn| db::users::by_id(conn, id))
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(user_reply(StatusCode::OK, &account.user))
+    update(user, bearer, body, state, Required::Partial).await
 }
 
 /// Adds "already exists" errors for the given username / email held by
 /// another user than `except`: DRF reports them with the other field errors.
-async fn check_taken(
-    state: &AppState,
+fn add_taken_errors(
+    conn: &rusqlite::Connection,
     parsed: &mut ParsedUser,
     except: Option<i64>,
 ) -> Result<(), ApiError> {
-    let username = parsed.changes.username.clone();
-    let email = parsed.changes.email.clone();
+    let username = parsed.changes.username.as_deref();
+    let email = parsed.changes.email.as_deref();
     if username.is_none() && email.is_none() {
         return Ok(());
     }
-    let (username_taken, email_taken) = state
-        .db(move |conn| db::users::taken(conn, username.as_deref(), email.as_deref(), except))
-        .await?;
+    let (username_taken, email_taken) = db::users::taken(conn, username, email, except)?;
     for (taken, field, message) in [
         (username_taken, "username", USERNAME_TAKEN),
         (email_taken, "email", EMAIL_TAKEN),
@@ -525,7 +525,12 @@ async fn create(headers: HeaderMap, body: RawBody, state: AppState) -> Result<Re
     let value = body.json()?;
     let mut parsed =
         parse_user_body(&value, Required::Registration).map_err(ApiError::Validation)?;
-    check_taken(&state, &mut parsed, None).await?;
+    parsed = state
+        .db_with(move |conn| {
+            add_taken_errors(conn, &mut parsed, None)?;
+            Ok(parsed)
+        })
+        .await?;
     let ParsedUser {
         changes,
         password: clear,
@@ -550,26 +555,23 @@ async fn create(headers: HeaderMap, body: RawBody, state: AppState) -> Result<Re
         is_staff: false,
     };
     let user = state
-        .db(move |conn| db::users::insert(conn, &new, &timestamp_now()))
+        .write(move |conn| Ok(db::users::insert(conn, &new, &timestamp_now())?))
         .await
         .on_constraint("users.username", "username", USERNAME_TAKEN)
         .on_constraint("users.email", "email", EMAIL_TAKEN)?;
     Ok(user_reply(StatusCode::CREATED, &user))
 }
 
-/// Loads the target (404), checks the caller may edit it (403): the order
-/// DRF's `get_object` uses.
-async fn editable_target(
+/// Checks the caller, loads the target (404), checks the caller may edit
+/// it (403): the order DRF's `get_object` uses.
+fn editable_target(
+    conn: &rusqlite::Connection,
+    bearer: &Bearer,
     user: &UserRef,
-    caller: Caller,
-    state: &AppState,
 ) -> Result<i64, ApiError> {
+    let caller = authorize(conn, bearer)?;
     let id = user.id()?;
-    let exists = state
-        .db(move |conn| db::users::by_id(conn, id))
-        .await?
-        .is_some();
-    if !exists {
+    if db::users::by_id(conn, id)?.is_none() {
         return Err(ApiError::NotFound);
     }
     if caller.id != id && !caller.is_staff {
@@ -578,27 +580,30 @@ async fn editable_target(
     Ok(id)
 }
 
+/// PUT and PATCH: one trip to the database, in the writers' queue.
 async fn update(
     user: UserRef,
-    caller: Caller,
+    bearer: Bearer,
     body: RawBody,
     state: AppState,
     required: Required,
 ) -> Result<Response, ApiError> {
-    let id = editable_target(&user, caller, &state).await?;
-    let value = body.json()?;
-    let mut parsed = parse_user_body(&value, required).map_err(ApiError::Validation)?;
-    check_taken(&state, &mut parsed, Some(id)).await?;
-    if !parsed.errors.is_empty() {
-        return Err(ApiError::Validation(parsed.errors));
-    }
-    let changes = parsed.changes;
     let updated = state
-        .db(move |conn| db::users::update(conn, id, &changes, &timestamp_now()))
+        .write(move |conn| {
+            let id = editable_target(conn, &bearer, &user)?;
+            // The body is read only now, after 404 and 403, as in DRF.
+            let value = body.json()?;
+            let mut parsed = parse_user_body(&value, required).map_err(ApiError::Validation)?;
+            add_taken_errors(conn, &mut parsed, Some(id))?;
+            if !parsed.errors.is_empty() {
+                return Err(ApiError::Validation(parsed.errors));
+            }
+            db::users::update(conn, id, &parsed.changes, &timestamp_now())?
+                .ok_or(ApiError::NotFound)
+        })
         .await
         .on_constraint("users.username", "username", USERNAME_TAKEN)
-        .on_constraint("users.email", "email", EMAIL_TAKEN)?
-        .ok_or(ApiError::NotFound)?;
+        .on_constraint("users.email", "email", EMAIL_TAKEN)?;
     Ok(user_reply(StatusCode::OK, &updated))
 }
 
@@ -611,12 +616,16 @@ async fn update(
         (status = 403, description = "Not the user, not staff", body = super::openapi::Detail),
         (status = 404, description = "No such user", body = super::openapi::Detail),
     ))]
-async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Response, ApiError> {
-    let id = editable_target(&user, caller, &state).await?;
-    let deleted = state.db(move |conn| db::users::delete(conn, id)).await?;
-    if !deleted {
-        return Err(ApiError::NotFound);
-    }
+async fn delete(user: UserRef, bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
+    state
+        .write(move |conn| {
+            let id = editable_target(conn, &bearer, &user)?;
+            if !db::users::delete(conn, id)? {
+                return Err(ApiError::NotFound);
+            }
+            Ok(())
+        })
+        .await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
@@ -627,7 +636,7 @@ async fn delete(user: UserRef, caller: Caller, state: AppState) -> Result<Respon
 async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiError> {
     let now = unix_now();
     state
-        .db(move |conn| db::users::revoke_tokens(conn, caller.id, now))
+        .write(move |conn| Ok(db::users::revoke_tokens(conn, caller.id, now)?))
         .await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
