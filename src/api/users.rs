@@ -413,7 +413,7 @@ async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
     let user = state
         .db_with(move |conn| {
             let caller = authorize(conn, &bearer)?;
-            Ok(db::users::by_id(conn, caller.id)?.ok_or(ApiError::UserNotFound)?)
+            db::users::by_id(conn, caller.id)?.ok_or(ApiError::UserNotFound)
         })
         .await?;
     Ok(user_reply(StatusCode::OK, &user.user))
@@ -431,7 +431,7 @@ async fn get_user(user: UserRef, bearer: Bearer, state: AppState) -> Result<Resp
     let account = state
         .db_with(move |conn| {
             authorize(conn, &bearer)?;
-            Ok(db::users::by_id(conn, user.id()?)?.ok_or(ApiError::NotFound)?)
+            db::users::by_id(conn, user.id()?)?.ok_or(ApiError::NotFound)
         })
         .await?;
     Ok(user_reply(StatusCode::OK, &account.user))
