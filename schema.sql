@@ -69,3 +69,9 @@ CREATE INDEX users_level_id ON users (level, id);
 CREATE INDEX users_created_at_id ON users (created_at, id);
 CREATE INDEX users_updated_at_id ON users (updated_at, id);
 CREATE INDEX users_status_id ON users (status, id);
+
+-- migration 4
+-- Deep pages by id (`?limit=100&offset=99900`): the offset is stepped over
+-- in this narrow index (ids only) instead of the table's full rows, several
+-- times faster. The other orderings step over their (column, id) indexes.
+CREATE INDEX users_id_seek ON users (id);

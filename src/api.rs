@@ -77,10 +77,15 @@ fn health(state: AppState) -> BoxedFilter<(Response,)> {
         .and(filters::get_or_head())
         .and(filters::with_state(state))
         .then(health_check);
-    let document = std::sync::Arc::new(openapi::document());
-    let openapi = openapi_path()
-        .and(filters::get_or_head())
-        .map(move || error::json_response(warp::http::StatusCode::OK, &document));
+    // Built on first request, not at start: start-up time and idle memory
+    // stay with the server's real work.
+    let document = std::sync::Arc::new(std::sync::OnceLock::new());
+    let openapi = openapi_path().and(filters::get_or_head()).map(move || {
+        error::json_response(
+            warp::http::StatusCode::OK,
+            document.get_or_init(openapi::document),
+        )
+    });
     get.or(filters::other_methods(
         health_path(),
         "Health",

@@ -199,7 +199,12 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
     let weak_hashing = config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS;
     let db_path = database_path(&config);
     let bind = config.server.bind.clone();
+    // Blocking work is bounded anyway (pooled connections, one hash per
+    // core): a small blocking pool keeps threads, their stacks and malloc
+    // arenas from piling up under load.
+    let blocking_threads = config.database.pool_size as usize + 16;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

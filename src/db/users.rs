@@ -268,21 +268,35 @@ impl ListQuery {
 
     /// The keyset condition "after `last` in this order", with parameters.
     fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
+        let values: Vec<_> = self.keys().iter().map(|(c, _)| c.value(last)).collect();
+        self.from_values(&values, false)
+    }
+
+    /// The keyset condition "after (or at, when `inclusive`) the row whose
+    /// sort keys are `values`", with parameters.
+    fn from_values(
+        &self,
+        values: &[rusqlite::types::Value],
+        inclusive: bool,
+    ) -> (String, Vec<rusqlite::types::Value>) {
         let keys = self.keys();
         let mut alternatives = Vec::new();
         let mut params = Vec::new();
         for (i, (column, desc)) in keys.iter().enumerate() {
             let mut parts = Vec::new();
-            for (earlier, _) in &keys[..i] {
+            for (j, (earlier, _)) in keys[..i].iter().enumerate() {
                 parts.push(format!("{} = ?", earlier.column()));
-                params.push(earlier.value(last));
+                params.push(values[j].clone());
             }
-            parts.push(format!(
-                "{} {} ?",
-                column.column(),
-                if *desc { "<" } else { ">" }
-            ));
-            params.push(column.value(last));
+            let last = i + 1 == keys.len();
+            let op = match (*desc, inclusive && last) {
+                (false, false) => ">",
+                (false, true) => ">=",
+                (true, false) => "<",
+                (true, true) => "<=",
+            };
+            parts.push(format!("{} {op} ?", column.column()));
+            params.push(values[i].clone());
             alternatives.push(format!("({})", parts.join(" AND ")));
         }
         (format!("({})", alternatives.join(" OR ")), params)
@@ -297,13 +311,49 @@ fn where_clause(conditions: &[String]) -> String {
     }
 }
 
-/// One page by `LIMIT`/`OFFSET`.
+/// One page by `LIMIT`/`OFFSET`. Unfiltered deep pages first find the
+/// page's first row by stepping over `offset` entries of the ordering's
+/// index (sort keys only), then read the page by keyset.
 pub fn page(
     conn: &Connection,
     query: &ListQuery,
     limit: i64,
     offset: i64,
 ) -> rusqlite::Result<Vec<User>> {
+    if offset > 0 && query.filters().0.is_empty() {
+        let keys = query.keys();
+        let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
+        let seek_index = if columns == ["id"] {
+            " INDEXED BY users_id_seek"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {} FROM users{seek_index} ORDER BY {} LIMIT 1 OFFSET ?1",
+            columns.join(", "),
+            query.order_by()
+        );
+        let start: Option<Vec<rusqlite::types::Value>> = conn
+            .prepare_cached(&sql)?
+            .query_row([offset], |row| {
+                (0..columns.len()).map(|i| row.get(i)).collect()
+            })
+            .optional()?;
+        let Some(start) = start else {
+            return Ok(Vec::new());
+        };
+        let (condition, mut params) = query.from_values(&start, true);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
+            query.order_by()
+        );
+        params.push(rusqlite::types::Value::Integer(limit));
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+            account_from_row(row).map(|a| a.user)
+        })?;
+        return rows.collect();
+    }
     let (conditions, mut params) = query.filters();
     let sql = format!(
         "SELECT {COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
@@ -522,6 +572,35 @@ mod tests {
             }
             assert_eq!(walked, all, "{:?}", query.ordering);
             assert_eq!(count(&conn, &query).unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn seeking_deep_pages_matches_plain_offsets() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        for i in 0..40 {
+            let mut user = new_user(&format!("U{:02}", (i * 7) % 40));
+            user.level = i % 3;
+            insert(&mut conn, &user, &format!("t{}", i % 5)).unwrap();
+        }
+        for ordering in [
+            vec![],
+            vec![(SortColumn::Id, true)],
+            vec![(SortColumn::Level, false)],
+            vec![(SortColumn::Level, true), (SortColumn::Username, false)],
+            vec![(SortColumn::CreatedAt, true)],
+        ] {
+            let query = ListQuery {
+                ordering,
+                ..ListQuery::default()
+            };
+            let all = page(&conn, &query, 1000, 0).unwrap();
+            for offset in [1, 7, 39, 40, 55] {
+                let expected: Vec<_> = all.iter().skip(offset).take(6).cloned().collect();
+                let got = page(&conn, &query, 6, offset as i64).unwrap();
+                assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
+            }
         }
     }
 
