@@ -269,12 +269,12 @@ impl ListQuery {
     /// The keyset condition "after `last` in this order", with parameters.
     fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
         let values: Vec<_> = self.keys().iter().map(|(c, _)| c.value(last)).collect();
-        self.from_values(&values, false)
+        self.keyset_from(&values, false)
     }
 
     /// The keyset condition "after (or at, when `inclusive`) the row whose
     /// sort keys are `values`", with parameters.
-    fn from_values(
+    fn keyset_from(
         &self,
         values: &[rusqlite::types::Value],
         inclusive: bool,
@@ -342,7 +342,7 @@ pub fn page(
         let Some(start) = start else {
             return Ok(Vec::new());
         };
-        let (condition, mut params) = query.from_values(&start, true);
+        let (condition, mut params) = query.keyset_from(&start, true);
         let sql = format!(
             "SELECT {COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
             query.order_by()
