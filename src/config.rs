@@ -115,9 +115,11 @@ impl Default for RegistrationConfig {
 pub struct RateLimitConfig {
     /// Throttle password attempts at all.
     pub enabled: bool,
-    /// Password attempts per username per minute (also the burst).
+    /// Failed password attempts per username per minute before further
+    /// attempts are refused (at least 2).
     pub per_username_per_minute: u32,
-    /// Password attempts per client address per minute (also the burst).
+    /// Failed password attempts per client address per minute before
+    /// further attempts are refused (at least 2).
     pub per_address_per_minute: u32,
 }
 
@@ -126,7 +128,7 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             enabled: true,
             per_username_per_minute: 5,
-            per_address_per_minute: 30,
+            per_address_per_minute: 100,
         }
     }
 }
@@ -423,12 +425,11 @@ impl Config {
                 bail!("server.trusted_proxies: {proxy:?} is not an IP address");
             }
         }
-        if self.rate_limit.per_username_per_minute == 0
-            || self.rate_limit.per_address_per_minute == 0
+        if self.rate_limit.per_username_per_minute < 2 || self.rate_limit.per_address_per_minute < 2
         {
             bail!(
                 "rate_limit.per_username_per_minute and rate_limit.per_address_per_minute \
-                 must be at least 1 (set rate_limit.enabled = false to turn throttling off)"
+                 must be at least 2 (set rate_limit.enabled = false to turn throttling off)"
             );
         }
         Ok(())

@@ -1,11 +1,20 @@
-//! Throttling of password attempts (POST /api/token, the password change),
+//! Throttling of password guessing (POST /api/token, the password change),
 //! per username and per client address, with governor's GCRA limiters.
-//! A throttled attempt is refused before any hash is spent.
+//!
+//! Failed attempts are what is counted (OWASP: throttle failed logins, so a
+//! legitimate user logging in from many devices is never slowed): each
+//! failure takes a cell from both limiters; when one refuses, the key is
+//! blocked until governor says a cell is free again, and every attempt for
+//! a blocked key, right password or not, is refused before any hash is
+//! spent.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -19,8 +28,17 @@ pub struct Throttle {
     enabled: bool,
     by_username: DefaultKeyedRateLimiter<String>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
+    /// Keys a limiter refused, until when (governor's own answer).
+    blocked: Mutex<HashMap<Key, Instant>>,
     trusted_proxies: Vec<IpAddr>,
     checks: AtomicU64,
+}
+
+/// What is throttled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Username(String),
+    Address(IpAddr),
 }
 
 impl std::fmt::Debug for Throttle {
@@ -34,8 +52,15 @@ impl std::fmt::Debug for Throttle {
 /// Forget idle keys every this many checks, so the maps stay bounded.
 const PRUNE_EVERY: u64 = 1024;
 
+/// `n` failures a minute: the cell of the n-th failure is the one governor
+/// refuses, which blocks the key, so the attempt after it is throttled.
 fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+    let n = n.max(1);
+    let period = std::time::Duration::from_secs(60) / n;
+    let burst = NonZeroU32::new(n - 1).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
 impl Throttle {
@@ -45,6 +70,7 @@ impl Throttle {
             enabled: limits.enabled,
             by_username: RateLimiter::keyed(per_minute(limits.per_username_per_minute)),
             by_address: RateLimiter::keyed(per_minute(limits.per_address_per_minute)),
+            blocked: Mutex::new(HashMap::new()),
             trusted_proxies: server
                 .trusted_proxies
                 .iter()
@@ -77,26 +103,55 @@ impl Throttle {
             .or(Some(peer))
     }
 
-    /// Counts one password attempt for `username` from `address`; `Err`
-    /// with the wait when either limit is spent.
-    pub fn attempt(&self, username: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
+    fn keys(username: &str, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
+        std::iter::once(Key::Username(username.to_lowercase())).chain(address.map(Key::Address))
+    }
+
+    /// Refuses an attempt for a blocked username or address, with the wait.
+    pub fn check(&self, username: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
         }
-        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+        let now = Instant::now();
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = Self::keys(username, address)
+            .filter_map(|key| blocked.get(&key).copied())
+            .filter(|until| *until > now)
+            .max();
+        match wait {
+            Some(until) => Err(ApiError::Throttled { wait: until - now }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt for `username` from `address`; a key whose
+    /// limit is spent is blocked until its next cell.
+    pub fn failed(&self, username: &str, address: Option<IpAddr>) {
+        if !self.enabled {
+            return;
+        }
+        let checks = self.checks.fetch_add(1, Ordering::Relaxed);
+        let clock = DefaultClock::default();
+        let mut refusals = Vec::new();
+        for key in Self::keys(username, address) {
+            let verdict = match &key {
+                Key::Username(name) => self.by_username.check_key(name),
+                Key::Address(ip) => self.by_address.check_key(ip),
+            };
+            if let Err(not_until) = verdict {
+                refusals.push((key, not_until.wait_time_from(clock.now())));
+            }
+        }
+        let now = Instant::now();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, wait) in refusals {
+            blocked.insert(key, now + wait);
+        }
+        if checks % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            blocked.retain(|_, until| *until > now);
             self.by_username.retain_recent();
             self.by_address.retain_recent();
         }
-        let now = DefaultClock::default().now();
-        let wait = |not_until: governor::NotUntil<_>| ApiError::Throttled {
-            wait: not_until.wait_time_from(now),
-        };
-        if let Some(address) = address {
-            self.by_address.check_key(&address).map_err(wait)?;
-        }
-        self.by_username
-            .check_key(&username.to_lowercase())
-            .map_err(wait)
     }
 }
 
@@ -124,16 +179,25 @@ mod tests {
     }
 
     #[test]
-    fn a_username_is_throttled_after_its_burst_and_others_are_not() {
+    fn a_username_is_blocked_after_its_failures_and_others_are_not() {
         let t = throttle(3, &[]);
         for _ in 0..3 {
-            t.attempt("Alice", None).unwrap();
+            t.check("Alice", None).unwrap();
+            t.failed("alice", None);
         }
         assert!(matches!(
-            t.attempt("alice", None),
+            t.check("ALICE", None),
             Err(ApiError::Throttled { .. })
         ));
-        t.attempt("bob", None).unwrap();
+        t.check("bob", None).unwrap();
+    }
+
+    #[test]
+    fn successes_are_not_counted() {
+        let t = throttle(2, &[]);
+        for _ in 0..10 {
+            t.check("alice", None).unwrap();
+        }
     }
 
     #[test]

@@ -132,15 +132,21 @@ async fn obtain(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let [username, password] = text_fields(&body, [("username", true), ("password", false)])?;
-    state.throttle.attempt(&username, address)?;
+    state.throttle.check(&username, address)?;
     if password.len() > MAX_PASSWORD_BYTES {
         // No stored password can be this long: refuse without hashing.
+        state.throttle.failed(&username, address);
         return Err(ApiError::NoActiveAccount);
     }
     let iterations = state.config.auth.pbkdf2_iterations;
-    let (user_id, valid_after) = state
-        .hashing(move |pool| check_credentials(pool, &username, &password, iterations))
-        .await?;
+    let checked_name = username.clone();
+    let checked = state
+        .hashing(move |pool| check_credentials(pool, &checked_name, &password, iterations))
+        .await;
+    if let Err(ApiError::NoActiveAccount) = checked {
+        state.throttle.failed(&username, address);
+    }
+    let (user_id, valid_after) = checked?;
     let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;
     if state.config.auth.rotate_refresh_tokens {
         state

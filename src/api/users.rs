@@ -664,13 +664,14 @@ async fn change_password(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let [old, new] = text_fields(&body, [("old_password", false), ("new_password", false)])?;
-    state.throttle.attempt(&caller.username, address)?;
+    state.throttle.check(&caller.username, address)?;
     if old.len() > MAX_PASSWORD_BYTES {
+        state.throttle.failed(&caller.username, address);
         return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
     }
     let iterations = state.config.auth.pbkdf2_iterations;
     let id = caller.id;
-    state
+    let changed = state
         .hashing(move |pool| {
             let account = db::users::by_id(&*pool.get()?, id)?.ok_or(ApiError::UserNotFound)?;
             if !password::verify(&old, &account.password_hash) {
@@ -691,6 +692,12 @@ async fn change_password(
             db::users::set_password_hash(&mut conn, id, &hash, unix_now(), &timestamp_now())?;
             Ok(())
         })
-        .await?;
+        .await;
+    if let Err(ApiError::Validation(errors)) = &changed
+        && errors.contains_key("old_password")
+    {
+        state.throttle.failed(&caller.username, address);
+    }
+    changed?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }

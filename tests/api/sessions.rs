@@ -785,15 +785,18 @@ async fn an_address_is_throttled_after_its_budget_whatever_the_username() {
 #[tokio::test]
 async fn a_throttled_login_spends_no_hash() {
     let app = spawn_app_with(|c| {
-        throttled(1, 1000)(c);
+        throttled(2, 1000)(c);
         c.auth.pbkdf2_iterations = 600_000;
     })
     .await;
 
-    let start = Instant::now();
-    let resp = app.login("ghost", "wrong-password-here").await;
-    let hashed = start.elapsed();
-    assert_401(resp, json!({ "detail": NO_ACCOUNT })).await;
+    let mut hashed = Duration::MAX;
+    for _ in 0..2 {
+        let start = Instant::now();
+        let resp = app.login("ghost", "wrong-password-here").await;
+        hashed = hashed.min(start.elapsed());
+        assert_401(resp, json!({ "detail": NO_ACCOUNT })).await;
+    }
 
     let start = Instant::now();
     let resp = app.login("ghost", "wrong-password-here").await;
@@ -809,11 +812,12 @@ async fn a_throttled_login_spends_no_hash() {
 #[tokio::test]
 async fn the_password_change_is_throttled_per_username_and_a_throttled_one_changes_nothing() {
     let app = spawn_app_with(throttled(3, 1000)).await;
-    let (user, id, access, refresh) = user(&app).await; // its login spent one attempt
+    // Its successful login is not counted: failures are.
+    let (user, id, access, refresh) = user(&app).await;
     let (_, _, other_access, _) = self::user(&app).await;
     let row = app.row(id);
 
-    for _ in 0..2 {
+    for _ in 0..3 {
         let resp = change_password(&app, &access, "not-the-password-1", NEW_PASSWORD).await;
         assert_reply(
             resp,
