@@ -220,3 +220,55 @@ async fn at_the_default_600000_iterations_login_works_and_unknown_names_cost_a_h
         "unknown user {unknown_user:?} vs wrong password {wrong_password:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_logins_past_the_hash_queue_gets_503_with_retry_after_while_reads_go_on() {
+    // One hash per core runs, none may wait: a burst of slow logins must
+    // overflow the queue, and the overflow is refused, not starved.
+    let app = spawn_app_with(|c: &mut Config| {
+        c.auth.pbkdf2_iterations = 600_000;
+        c.auth.max_queued_hashes = 0;
+    })
+    .await;
+    let user = TestUser::generate();
+    let (id, access, _) = app.create_user(&user).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut logins = JoinSet::new();
+    for _ in 0..(cores * 4) {
+        let client = app.client.clone();
+        let url = format!("{}/api/token", app.base_url);
+        let body = json!({"username": user.username, "password": "wrong-password-123"});
+        logins.spawn(async move { client.post(url).json(&body).send().await.expect("login") });
+    }
+    // Meanwhile an ordinary read is served promptly.
+    let start = Instant::now();
+    let read = app.get_user(id, &access).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a read waited {:?}",
+        start.elapsed()
+    );
+    let mut busy = 0;
+    while let Some(resp) = logins.join_next().await {
+        let resp = resp.expect("task");
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .expect("Retry-After on 503");
+                assert!(retry.to_str().unwrap().parse::<u64>().unwrap() >= 1);
+                let body: serde_json::Value = resp.json().await.expect("JSON 503 body");
+                assert!(body["detail"].is_string(), "{body}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "no login was refused with 503 past a zero-length queue"
+    );
+}
