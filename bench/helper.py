@@ -16,6 +16,16 @@ Subcommands:
   wrk-json FILE                     the BENCHJSON line of a wrk output, as JSON
   fact FILE KEY.PATH VALUE          set a figure in the facts file (VALUE: JSON or text)
   report RESULTS_DIR JSON_PATH      aggregate, print the markdown table, write JSON
+
+For bench/soak.sh:
+  tokens PORT PASSWORD N FILE       log in user1..userN; write "ID ACCESS REFRESH" lines
+  rss-sample PID CSV T0 [WRK_PIDFILE]
+                                    every second until PID is gone (or SIGTERM):
+                                    t_s, VmRSS, VmHWM, fds, threads, CPU % of PID,
+                                    of wrk, of the whole machine (100 = one core)
+  soak-report WRK_OUT CSV FACTS JSON_OUT
+                                    print the soak's markdown, write its JSON;
+                                    exit 1 when it failed (5xx, errors, memory)
 """
 
 import http.client
@@ -478,5 +488,329 @@ def main():
     table[cmd](*args)
 
 
+
+# ---------------------------------------------------------------- soak (bench/soak.sh)
+
+def cmd_tokens(port, password, n, path):
+    """Log in user1..userN; write one "ID ACCESS REFRESH" line each to PATH."""
+    lines = []
+    for k in range(1, int(n) + 1):
+        acc, ref = login(port, f"user{k}", password)
+        status, raw = request(port, "GET", "/api/users/me", token=acc)
+        if status != 200:
+            die(f"GET /api/users/me as user{k}: {status} {raw[:200]!r}")
+        lines.append(f"{json.loads(raw)['id']} {acc} {ref}\n")
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _proc_jiffies(pid):
+    """utime + stime of PID, in clock ticks; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _machine_jiffies():
+    """(busy, total) clock ticks of all cores together, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def _status_fields(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def cmd_rss_sample(pid, csv_path, t0, wrk_pidfile=None):
+    """Sample PID every second into CSV_PATH until PID exits or SIGTERM.
+
+    t_s is seconds since the epoch time T0 (the load's start: negative
+    before it). CPU columns are percent of one core over the last second.
+    """
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    tick = os.sysconf("SC_CLK_TCK")
+    t0 = float(t0)
+    prev = None
+    with open(csv_path, "w") as out:
+        out.write("t_s,rss_kib,hwm_kib,fds,threads,server_cpu_pct,wrk_cpu_pct,machine_cpu_pct\n")
+        next_at = time.time()
+        while not stop:
+            now = time.time()
+            try:
+                st = _status_fields(pid)
+                fds = len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                break
+            wrk_pid = None
+            if wrk_pidfile:
+                try:
+                    with open(wrk_pidfile) as f:
+                        wrk_pid = int(f.read().strip() or 0) or None
+                except (OSError, ValueError):
+                    wrk_pid = None
+            server_j = _proc_jiffies(pid)
+            wrk_j = _proc_jiffies(wrk_pid) if wrk_pid else None
+            busy, total = _machine_jiffies()
+            cur = (now, server_j, wrk_j, busy, total)
+            cpu = ["", "", ""]
+            if prev is not None:
+                wall = now - prev[0]
+                if wall > 0:
+                    if server_j is not None and prev[1] is not None:
+                        cpu[0] = f"{(server_j - prev[1]) / tick / wall * 100:.1f}"
+                    if wrk_j is not None and prev[2] is not None:
+                        cpu[1] = f"{(wrk_j - prev[2]) / tick / wall * 100:.1f}"
+                    elif wrk_j is None and wrk_pid is None:
+                        cpu[1] = "0.0"
+                    if total > prev[4]:
+                        cores = os.cpu_count() or 1
+                        cpu[2] = f"{(busy - prev[3]) / (total - prev[4]) * cores * 100:.1f}"
+            prev = cur
+            out.write(f"{now - t0:.2f},{st.get('VmRSS', '')},{st.get('VmHWM', '')},{fds},"
+                      f"{st.get('Threads', '')},{cpu[0]},{cpu[1]},{cpu[2]}\n")
+            out.flush()
+            next_at += 1.0
+            delay = next_at - time.time()
+            if delay < 0:
+                next_at = time.time()
+                delay = 0
+            # sleep in small steps so that SIGTERM ends the loop promptly
+            end = time.time() + delay
+            while not stop and time.time() < end:
+                time.sleep(min(0.1, max(end - time.time(), 0)))
+
+
+def _read_samples(csv_path):
+    import csv
+    rows = []
+    with open(csv_path) as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                row[k] = float(v) if v not in ("", None) else None
+            rows.append(row)
+    return rows
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(v, spec=".0f", none="n/a"):
+    return none if v is None else format(v, spec)
+
+
+def cmd_soak_report(wrk_out, csv_path, facts_path, json_path):
+    with open(facts_path) as f:
+        facts = json.load(f)
+    s = facts["settings"]
+    duration = float(s["duration"])
+    expected_4xx = {str(x) for x in s.get("expected_4xx", [])}
+    run = wrk_json(wrk_out)
+    samples = _read_samples(csv_path)
+
+    # ---- answers
+    statuses = {k: int(v) for k, v in run["statuses"].items()}
+    ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+    five = {k: v for k, v in statuses.items() if k.startswith("5")}
+    four_expected = {k: v for k, v in statuses.items() if k in expected_4xx}
+    other_bad = {k: v for k, v in statuses.items()
+                 if not k.startswith("2") and not k.startswith("5") and k not in expected_4xx}
+    non2xx = {k: v for k, v in statuses.items() if not k.startswith("2")}
+    e = run["errors"]
+    socket_errors = {k: e[k] for k in ("connect", "read", "write", "timeout")}
+    answered = sum(statuses.values())
+
+    # ---- memory: peak of the second minute vs peak of the last minute
+    # (runs shorter than 3 minutes: the second and the last fifth instead)
+    if duration >= 180:
+        win_a, win_b = (60.0, 120.0), (duration - 60.0, duration)
+        win_label = ("second minute", "last minute")
+    else:
+        fifth = duration / 5
+        win_a, win_b = (fifth, 2 * fifth), (duration - fifth, duration)
+        win_label = ("second fifth", "last fifth")
+
+    def window(lo, hi):
+        return [r for r in samples if lo <= r["t_s"] < hi and r["rss_kib"] is not None]
+
+    a, b = window(*win_a), window(*win_b)
+    peak_a = max((r["rss_kib"] for r in a), default=None)
+    peak_b = max((r["rss_kib"] for r in b), default=None)
+    ratio = peak_b / peak_a if peak_a and peak_b else None
+    before = [r for r in samples if r["t_s"] < 0 and r["rss_kib"] is not None]
+    during = [r for r in samples if 0 <= r["t_s"] < duration and r["rss_kib"] is not None]
+    after = [r for r in samples if r["t_s"] >= duration + 1 and r["rss_kib"] is not None]
+    rss_start = before[-1]["rss_kib"] if before else (during[0]["rss_kib"] if during else None)
+    rss_end_load = during[-1]["rss_kib"] if during else None
+    rss_after = after[-1]["rss_kib"] if after else None
+    peak_all = max((r["rss_kib"] for r in during), default=None)
+    hwm_end = samples[-1]["hwm_kib"] if samples else None
+    fds_start = before[-1]["fds"] if before else None
+    fds_after = after[-1]["fds"] if after else None
+
+    # ---- per minute (or per fifth on short runs)
+    per_second = run.get("answers_per_second", [])
+    step = 60.0 if duration >= 180 else duration / 5
+    periods = []
+    t = 0.0
+    while t < duration - 1e-6:
+        hi = min(t + step, duration)
+        rows = [r for r in samples if t <= r["t_s"] < hi]
+        secs = per_second[int(t):int(hi)]
+        server = _mean([r["server_cpu_pct"] for r in rows])
+        wrk_cpu = _mean([r["wrk_cpu_pct"] for r in rows])
+        machine = _mean([r["machine_cpu_pct"] for r in rows])
+        others = None
+        if machine is not None and server is not None:
+            others = max(machine - server - (wrk_cpu or 0), 0.0)
+        periods.append({
+            "from_s": t, "to_s": hi,
+            "answers_per_s": (sum(secs) / len(secs)) if secs else None,
+            "rss_peak_kib": max((r["rss_kib"] for r in rows if r["rss_kib"]), default=None),
+            "rss_mean_kib": _mean([r["rss_kib"] for r in rows]),
+            "fds_max": max((r["fds"] for r in rows if r["fds"] is not None), default=None),
+            "server_cpu_pct": server, "wrk_cpu_pct": wrk_cpu,
+            "machine_cpu_pct": machine, "others_cpu_pct": others,
+        })
+        t = hi
+
+    # ---- verdict
+    failures = []
+    if five:
+        failures.append(f"{sum(five.values())} 5xx answers ({five})")
+    if other_bad:
+        failures.append(f"{sum(other_bad.values())} unexpected non-2xx answers ({other_bad})")
+    if sum(socket_errors.values()):
+        failures.append(f"socket errors {socket_errors}")
+    if ratio is None:
+        failures.append("memory: not enough RSS samples to compare")
+    elif ratio > 1.10:
+        failures.append(f"memory grew: {win_label[1]} peak {peak_b / 1024:.1f} MiB is "
+                        f"{(ratio - 1) * 100:.1f}% over the {win_label[0]}'s {peak_a / 1024:.1f} MiB")
+    if run["requests"] == 0:
+        failures.append("no requests completed")
+    passed = not failures
+
+    mib = lambda k: None if k is None else k / 1024  # noqa: E731
+    lat = run["latency_ms"]
+    issued = run.get("issued", {})
+    issued_total = sum(issued.values()) or 1
+    mix = ", ".join(f"{k} {issued.get(k, 0) / issued_total * 100:.1f}%"
+                    for k in ("get", "refresh", "patch", "list", "register"))
+
+    out = {
+        "date": facts.get("date"), "machine": facts.get("machine"), "source": facts.get("source"),
+        "settings": s, "pass": passed, "failures": failures,
+        "requests": run["requests"], "answered": answered, "ok_2xx": ok,
+        "rps": run["rps"], "seconds": run["seconds"], "bytes": run["bytes"],
+        "latency_ms": lat, "statuses": statuses, "non_2xx": non2xx, "5xx": five,
+        "expected_4xx": four_expected, "unexpected_non_2xx": other_bad,
+        "socket_errors": socket_errors, "issued_by_kind": issued,
+        "memory": {
+            "windows": {win_label[0]: list(win_a), win_label[1]: list(win_b)},
+            "peak_a_kib": peak_a, "peak_b_kib": peak_b, "ratio": ratio,
+            "target_ratio_max": 1.10,
+            "rss_start_kib": rss_start, "rss_end_under_load_kib": rss_end_load,
+            "rss_after_load_kib": rss_after, "peak_under_load_kib": peak_all,
+            "vmhwm_end_kib": hwm_end, "fds_start": fds_start, "fds_after": fds_after,
+            "samples": len(samples),
+        },
+        "periods": periods,
+        "answers_per_second": per_second,
+        "non2xx_samples": run.get("non2xx_samples", []),
+    }
+
+    def status_text(d):
+        return ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "none"
+
+    rows = [
+        ["duration", f"{run['seconds']:.1f} s"],
+        ["requests (completed)", f"{run['requests']:,}"],
+        ["req/s", f"{run['rps']:,.1f}"],
+        ["mix as issued", mix],
+        ["latency p50 / p90 / p99 / max",
+         f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f} ms"],
+        ["statuses", status_text(statuses)],
+        ["non-2xx", f"{sum(non2xx.values()):,} ({status_text(non2xx)})"],
+        ["5xx", f"{sum(five.values()):,}"],
+        ["unexpected non-2xx (not 5xx)", f"{sum(other_bad.values()):,}"],
+        ["socket errors (connect/read/write/timeout)",
+         "/".join(str(socket_errors[k]) for k in ("connect", "read", "write", "timeout"))],
+        ["RSS at start (idle, before load)", f"{_fmt(mib(rss_start), '.1f')} MiB"],
+        [f"RSS peak, {win_label[0]} ({win_a[0]:.0f}–{win_a[1]:.0f} s)",
+         f"{_fmt(mib(peak_a), '.1f')} MiB"],
+        [f"RSS peak, {win_label[1]} ({win_b[0]:.0f}–{win_b[1]:.0f} s)",
+         f"{_fmt(mib(peak_b), '.1f')} MiB"],
+        ["ratio last / second (target ≤ 1.10)", _fmt(ratio, ".3f")],
+        ["RSS at end of load / after load", f"{_fmt(mib(rss_end_load), '.1f')} / "
+         f"{_fmt(mib(rss_after), '.1f')} MiB"],
+        ["peak RSS under load / VmHWM", f"{_fmt(mib(peak_all), '.1f')} / "
+         f"{_fmt(mib(hwm_end), '.1f')} MiB"],
+        ["open fds before / after", f"{_fmt(fds_start)} / {_fmt(fds_after)}"],
+        ["result", "pass" if passed else "FAIL: " + "; ".join(failures)],
+    ]
+    lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    unit = "minute" if duration >= 180 else "fifth"
+    lines += ["", f"| {unit} | answers/s | RSS peak (MiB) | RSS mean (MiB) | max fds | "
+              "rosterd CPU % | wrk CPU % | machine CPU % | others' CPU % |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(periods, 1):
+        lines.append(
+            f"| {i} ({p['from_s']:.0f}–{p['to_s']:.0f} s) | {_fmt(p['answers_per_s'], ',.0f')} | "
+            f"{_fmt(mib(p['rss_peak_kib']), '.1f')} | {_fmt(mib(p['rss_mean_kib']), '.1f')} | "
+            f"{_fmt(p['fds_max'])} | {_fmt(p['server_cpu_pct'])} | {_fmt(p['wrk_cpu_pct'])} | "
+            f"{_fmt(p['machine_cpu_pct'])} | {_fmt(p['others_cpu_pct'])} |")
+    settings_line = (
+        f"Load: `wrk -t{s['threads']} -c{s['connections']} -d{s['duration']:.0f}s "
+        f"--timeout {s['timeout']}` with bench/lua/soak_mixed.lua, weights "
+        f"get/refresh/patch/list/register = {s['weights']} %; {s['users']:,} seeded users, "
+        f"a pool of {s['token_pool']} logged-in owners; PBKDF2 {s['pbkdf2_iterations']:,} "
+        f"iterations (registrations dominate the CPU); access token lifetime "
+        f"{s['access_token_lifetime']} s (so that tokens made before the run outlive it); "
+        f"rate limiting off. CPU % = percent of one core ({facts['machine']['cores']} cores). "
+        f"Load average before/after: {facts['machine'].get('loadavg_before', '?')} / "
+        f"{facts['machine'].get('loadavg_after', '?')}. Source: commit "
+        f"{facts.get('source', {}).get('commit', '?')} + "
+        f"{facts.get('source', {}).get('uncommitted_files', '?')} uncommitted file(s).")
+    samples_text = run.get("non2xx_samples", [])
+    md = "\n".join(lines) + "\n\n" + settings_line + "\n"
+    if samples_text:
+        md += "\nFirst non-2xx answers:\n" + "".join(f"- `{x}`\n" for x in samples_text)
+    out["table_markdown"] = md
+    print(md)
+    with open(json_path, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    if not passed:
+        print("soak: FAIL: " + "; ".join(failures), file=sys.stderr)
+        sys.exit(1)
+
+
+SOAK_COMMANDS = {
+    "tokens": cmd_tokens,
+    "rss-sample": cmd_rss_sample,
+    "soak-report": cmd_soak_report,
+}
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) >= 2 and sys.argv[1] in SOAK_COMMANDS:
+        SOAK_COMMANDS[sys.argv[1]](*sys.argv[2:])
+    else:
+        main()
