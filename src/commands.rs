@@ -343,18 +343,7 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
                 parsed.changes.email.as_deref(),
                 None,
             )?;
-            for (taken, field, message) in [
-                (username_taken, "username", model::USERNAME_TAKEN),
-                (email_taken, "email", model::EMAIL_TAKEN),
-            ] {
-                if taken {
-                    parsed
-                        .errors
-                        .entry(field.to_owned())
-                        .or_default()
-                        .push(message.to_owned());
-                }
-            }
+            parsed.add_taken(username_taken, email_taken);
             if !parsed.errors.is_empty() {
                 bail!("{}", field_errors_line(&parsed.errors));
             }

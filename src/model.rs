@@ -141,6 +141,24 @@ pub struct ParsedUser {
     pub errors: FieldErrors,
 }
 
+impl ParsedUser {
+    /// Adds DRF's "already exists" errors for a username / email that
+    /// another account holds.
+    pub fn add_taken(&mut self, username_taken: bool, email_taken: bool) {
+        for (taken, field, message) in [
+            (username_taken, "username", USERNAME_TAKEN),
+            (email_taken, "email", EMAIL_TAKEN),
+        ] {
+            if taken {
+                self.errors
+                    .entry(field.to_owned())
+                    .or_default()
+                    .push(message.to_owned());
+            }
+        }
+    }
+}
+
 /// Which fields a body must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Required {

@@ -488,18 +488,7 @@ fn add_taken_errors(
         return Ok(());
     }
     let (username_taken, email_taken) = db::users::taken(conn, username, email, except)?;
-    for (taken, field, message) in [
-        (username_taken, "username", USERNAME_TAKEN),
-        (email_taken, "email", EMAIL_TAKEN),
-    ] {
-        if taken {
-            parsed
-                .errors
-                .entry(field.to_owned())
-                .or_default()
-                .push(message.to_owned());
-        }
-    }
+    parsed.add_taken(username_taken, email_taken);
     Ok(())
 }
 
