@@ -57,29 +57,10 @@ fi
 # list_page offsets: the first page, the middle, the last page.
 LIST_OFFSETS="0 $((LIST_USERS / 2)) $((LIST_USERS - 100))"
 
-# The harness decides every setting: nothing from the caller's ROSTERD_*.
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^ROSTERD_' || true)
-
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-helper() { python3 "$ROOT/bench/helper.py" "$@"; }
-
-# ------------------------------------------------------------------ tools
-if ! command -v wrk >/dev/null 2>&1; then
-    log "wrk not found: installing it from apt"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-    $SUDO apt-get update
-    $SUDO apt-get install -y wrk
-fi
-for tool in cargo python3 openssl; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "run.sh: $tool is required" >&2; exit 1; }
-done
-
-log "building (cargo build --release --examples --bins)"
-cargo build --release --examples --bins
-
-BIN=$ROOT/target/release/rosterd
-EX=$ROOT/target/release/examples
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+prepare cargo python3 openssl
 
 # ------------------------------------------------------------------ scratch + cleanup
 # Databases live on the repo's disk (not a tmpfs /tmp): the sqlite ceiling

@@ -60,29 +60,10 @@ case $JSON_OUT in /*) ;; *) JSON_OUT=$CALLER_DIR/$JSON_OUT ;; esac
 # Tokens are made before the run: they must outlive it (default 5 minutes).
 ACCESS_LIFETIME=$((DURATION + 900))
 
-# The harness decides every setting: nothing from the caller's ROSTERD_*.
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^ROSTERD_' || true)
-
 log() { printf '[soak %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-helper() { python3 "$ROOT/bench/helper.py" "$@"; }
-
-# ------------------------------------------------------------------ tools
-if ! command -v wrk >/dev/null 2>&1; then
-    log "wrk not found: installing it from apt"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-    $SUDO apt-get update
-    $SUDO apt-get install -y wrk
-fi
-for tool in cargo python3 timeout; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "soak.sh: $tool is required" >&2; exit 1; }
-done
-
-log "building (cargo build --release --examples --bins)"
-cargo build --release --examples --bins
-
-BIN=$ROOT/target/release/rosterd
-EX=$ROOT/target/release/examples
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+prepare cargo python3 timeout
 
 # ------------------------------------------------------------------ scratch + cleanup
 mkdir -p "$ROOT/target"
