@@ -1,7 +1,9 @@
 //! The `sqlite` ceiling of bench/run.sh: the durable-commit rate of this
-//! disk for exactly the UPDATE that `PUT /api/users/{id}` runs, with the
-//! server's own pragmas (WAL, synchronous = FULL, via `rosterd::db::open`),
-//! one connection, each UPDATE in its own `BEGIN IMMEDIATE` transaction.
+//! disk for exactly the UPDATE that `PUT /api/users/{id}` runs — the
+//! server's own `db::users::update` (its SQL, its `BEGIN IMMEDIATE`
+//! transaction, its row mapping), with the server's own pragmas (WAL,
+//! synchronous = FULL, via `rosterd::db::open`), on one connection, in a
+//! tight loop with no HTTP, no authorization reads and no thread hand-offs.
 //!
 //! Usage: `sqlite_ceiling DB_PATH SECONDS` (DB_PATH: a new file or a seeded
 //! copy; it must not hold a user named `ceiling`). Warms up first (see below).
@@ -11,14 +13,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rosterd::model::{NewUser, Status, UserChanges, timestamp_now};
 
-/// The same columns `RETURNING` hands back in the server.
 /// Commits before timing starts (see the warm-up in `main`).
 const WARM_UP_COMMITS: u64 = 1_000;
-
-const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
-                       password_hash, is_staff, is_active, tokens_valid_after";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -34,28 +32,31 @@ fn main() -> anyhow::Result<()> {
         pool_size: 1,
     })?;
     let mut conn = pool.get()?;
-    let now = rosterd::model::timestamp_now();
-    let hash = rosterd::auth::password::hash("ceiling-password-1", 1_000)?;
-    let id: i64 = conn.query_row(
-        "INSERT INTO users (username, email, password_hash, level, status, profile_picture, \
-         is_staff, is_active, created_at, updated_at) \
-         VALUES ('ceiling', 'ceiling@example.com', ?1, 1, 'offline', '', 0, 1, ?2, ?2) \
-         RETURNING id",
-        params![hash, now],
-        |row| row.get(0),
-    )?;
+    let user = NewUser {
+        username: "ceiling".to_owned(),
+        email: "ceiling@example.com".to_owned(),
+        password_hash: rosterd::auth::password::hash("ceiling-password-1", 1_000)?,
+        level: 1,
+        status: Status::Offline,
+        profile_picture: String::new(),
+        is_staff: false,
+    };
+    let id = rosterd::db::users::insert(&mut conn, &user, &timestamp_now())?.id;
 
-    let sql = format!(
-        "UPDATE users SET \
-         username = coalesce(?2, username), \
-         email = coalesce(?3, email), \
-         level = coalesce(?4, level), \
-         status = coalesce(?5, status), \
-         profile_picture = coalesce(?6, profile_picture), \
-         updated_at = ?7 \
-         WHERE id = ?1 RETURNING {COLUMNS}"
-    );
-    let statuses = ["online", "offline", "busy"];
+    let statuses = [Status::Online, Status::Offline, Status::Busy];
+    let mut update = |count: u64| -> anyhow::Result<()> {
+        // What a PUT with username, email and a new status hands the database.
+        let changes = UserChanges {
+            username: Some("ceiling".to_owned()),
+            email: Some("ceiling@example.com".to_owned()),
+            status: Some(statuses[(count % 3) as usize]),
+            ..UserChanges::default()
+        };
+        rosterd::db::users::update(&mut conn, id, &changes, &timestamp_now())?
+            .with_context(|| format!("user {id} vanished"))?;
+        Ok(())
+    };
+
     // Warm-up, not counted: enough commits to fill the WAL past its
     // auto-checkpoint (1000 pages), so the timed loop overwrites an
     // allocated log as a long-running server does, instead of growing a
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     let mut count: u64 = 0;
     let warm_up = Instant::now();
     while count < WARM_UP_COMMITS || warm_up.elapsed() < Duration::from_millis(500) {
-        update_once(&mut conn, &sql, id, statuses[(count % 3) as usize])?;
+        update(count)?;
         count += 1;
     }
 
@@ -71,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut count: u64 = 0;
     while started.elapsed() < deadline {
-        update_once(&mut conn, &sql, id, statuses[(count % 3) as usize])?;
+        update(count)?;
         count += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -79,54 +80,5 @@ fn main() -> anyhow::Result<()> {
         "updates/s: {:.1} ({count} updates in {elapsed:.2}s)",
         count as f64 / elapsed
     );
-    Ok(())
-}
-
-/// One `BEGIN IMMEDIATE; UPDATE ... RETURNING ...; COMMIT`, as the server's
-/// `db::users::update` runs it.
-fn update_once(
-    conn: &mut rusqlite::Connection,
-    sql: &str,
-    id: i64,
-    status: &str,
-) -> anyhow::Result<()> {
-    let now = rosterd::model::timestamp_now();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row = {
-        let mut stmt = tx.prepare_cached(sql)?;
-        stmt.query_row(
-            params![
-                id,
-                "ceiling",
-                "ceiling@example.com",
-                Option::<i64>::None,
-                status,
-                Option::<String>::None,
-                now
-            ],
-            // Every column read, as the server's row mapper does.
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, String>(8)?,
-                    row.get::<_, bool>(9)?,
-                    row.get::<_, bool>(10)?,
-                    row.get::<_, i64>(11)?,
-                ))
-            },
-        )
-        .optional()?
-    };
-    tx.commit()?;
-    if row.is_none() {
-        bail!("user {id} vanished");
-    }
     Ok(())
 }

@@ -4,16 +4,16 @@
 //! Every test runs in its own temp dir with a cleared environment (HOME and
 //! the XDG dirs inside it), so nothing from the developer's machine leaks in.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use rosterd::auth::password;
 use rosterd::config::EXAMPLE_SECRET;
 use tempfile::TempDir;
+
+use crate::helpers::RunningServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rosterd");
 const PASSWORD: &str = "correct-horse-battery";
@@ -152,7 +152,7 @@ impl World {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Server::start(child, log)
+        Server::wait_for(child, log, TIMEOUT)
     }
 }
 
@@ -203,92 +203,23 @@ impl Output {
 }
 
 /// A running `rosterd serve`, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    stdout: Vec<String>,
-}
+type Server = RunningServer;
 
-impl Server {
-    fn start(mut child: Child, log: PathBuf) -> Server {
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            port: 0,
-            stdout: Vec::new(),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while server.port == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no \"serving on\" line within {TIMEOUT:?}; stdout: {:?}; stderr: {}",
-                    server.stdout,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-            if let Some(rest) = line.strip_prefix("rosterd: serving on http://127.0.0.1:") {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                server.port = digits.parse().unwrap();
-            }
-            server.stdout.push(line);
-        }
-        server
-    }
-
-    /// GET /api/health: (status, JSON body).
-    fn health(&self) -> (u16, serde_json::Value) {
-        let url = format!("http://127.0.0.1:{}/api/health", self.port);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+/// GET /api/health: (status, JSON body).
+fn health(server: &Server) -> (u16, serde_json::Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
-            let reply = client.get(url).send().await.unwrap();
-            let status = reply.status().as_u16();
-            (status, reply.json().await.unwrap())
-        })
-    }
-
-    /// Sends `signal` (e.g. "TERM") and waits up to 10 s for the exit.
-    fn stop(&mut self, signal: &str) -> ExitStatus {
-        let sent = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{signal} failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running 10 s after SIG{signal}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        let reply = client.get(server.url("/api/health")).send().await.unwrap();
+        let status = reply.status().as_u16();
+        (status, reply.json().await.unwrap())
+    })
 }
 
 fn mode(path: &Path) -> u32 {
@@ -589,8 +520,8 @@ fn serves_and_stops_on(signal: &str) {
     let line = server.stdout.last().unwrap();
     assert!(line.contains(world.db().to_str().unwrap()), "{line}");
     assert!(line.contains(world.config().to_str().unwrap()), "{line}");
-    assert_eq!(server.health(), (200, serde_json::json!({"status": "ok"})));
-    let status = server.stop(signal);
+    assert_eq!(health(&server), (200, serde_json::json!({"status": "ok"})));
+    let status = server.stop(signal, Duration::from_secs(10));
     assert!(status.success(), "SIG{signal}: {status}");
     let wal = world.path("d.sqlite3-wal");
     assert!(
@@ -622,8 +553,8 @@ fn a_first_serve_with_no_config_creates_one_and_a_database_in_the_platform_dirs(
     let text = std::fs::read_to_string(&config).unwrap();
     assert_fresh_secret(&text);
     assert!(db.is_file());
-    assert_eq!(server.health(), (200, serde_json::json!({"status": "ok"})));
-    assert!(server.stop("TERM").success());
+    assert_eq!(health(&server), (200, serde_json::json!({"status": "ok"})));
+    assert!(server.stop("TERM", Duration::from_secs(10)).success());
 
     // The second start finds and keeps them.
     let mut server = world.serve(false);
@@ -633,6 +564,6 @@ fn a_first_serve_with_no_config_creates_one_and_a_database_in_the_platform_dirs(
         server.stdout
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
-    assert_eq!(server.health().0, 200);
-    assert!(server.stop("TERM").success());
+    assert_eq!(health(&server).0, 200);
+    assert!(server.stop("TERM", Duration::from_secs(10)).success());
 }

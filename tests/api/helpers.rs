@@ -795,3 +795,93 @@ impl TestApp {
         }
     }
 }
+
+// --- the real binary ---
+
+/// A running `rosterd serve` started by a test, killed on drop.
+pub struct RunningServer {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// Every stdout line read until the "serving on" line, that one included.
+    pub stdout: Vec<String>,
+    /// The file the server's stderr goes to.
+    pub log: PathBuf,
+}
+
+impl RunningServer {
+    /// Waits (at most `within`) for the "serving on" line of a `serve`
+    /// child whose stdout is piped and whose stderr goes to `log`.
+    pub fn wait_for(mut child: std::process::Child, log: PathBuf, within: Duration) -> Self {
+        use std::io::{BufRead, BufReader};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = RunningServer {
+            child,
+            port: 0,
+            stdout: Vec::new(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + within;
+        while server.port == 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no \"serving on\" line within {within:?}; stdout: {:?}; stderr: {}",
+                    server.stdout,
+                    server.log_text()
+                )
+            });
+            if let Some(rest) = line.strip_prefix("rosterd: serving on http://127.0.0.1:") {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                server.port = digits.parse().expect("port");
+            }
+            server.stdout.push(line);
+        }
+        server
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits up to `within` for the exit.
+    pub fn stop(&mut self, signal: &str, within: Duration) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running {within:?} after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,12 +7,11 @@
 //! over raw sockets to 127.0.0.1; the command tests run the real binary in
 //! its own temp dir with a cleared environment, as `cli.rs` does.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -23,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    SECRET, SeedUser, TestApp, TestUser, expect_json, read_json, spawn_app, spawn_app_with,
+    RunningServer, SECRET, SeedUser, TestApp, TestUser, expect_json, read_json, spawn_app,
+    spawn_app_with,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rosterd");
@@ -812,89 +812,19 @@ impl Site {
     /// "serving on" line.
     fn serve(&self, env: &[(&str, &str)]) -> Server {
         let log = self.path("serve.log");
-        let mut child = self
+        let child = self
             .command(&["serve", "--bind", "127.0.0.1:0"], env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn rosterd serve");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            port: 0,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.port == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no \"serving on\" line within 30 s; stderr: {}",
-                    server.log_text()
-                )
-            });
-            if let Some(rest) = line.strip_prefix("rosterd: serving on http://127.0.0.1:") {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                server.port = digits.parse().expect("port");
-            }
-        }
-        server
+        RunningServer::wait_for(child, log, Duration::from_secs(30))
     }
 }
 
 /// A running `rosterd serve`, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits up to 15 s for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        let sent = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running 15 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = RunningServer;
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -1122,7 +1052,7 @@ fn restore_is_refused_while_a_server_holds_the_database() {
     assert!(site.kept_aside().is_empty());
     let status = block_on(async { client().get(server.url("/api/health")).send().await });
     assert_eq!(status.expect("health").status(), StatusCode::OK);
-    assert!(server.stop().success());
+    assert!(server.stop("TERM", Duration::from_secs(15)).success());
     assert_eq!(usernames(&site.db), ["alice", "bob"]);
 }
 
@@ -1363,7 +1293,7 @@ fn json_logs_are_objects_with_the_request_id_and_never_hold_a_secret() {
             .to_owned();
         (tokens, id)
     });
-    assert!(server.stop().success());
+    assert!(server.stop("TERM", Duration::from_secs(15)).success());
     let log = server.log_text();
     let lines: Vec<Value> = log
         .lines()
