@@ -25,3 +25,29 @@ prepare() {
     BIN=$ROOT/target/release/rosterd
     EX=$ROOT/target/release/examples
 }
+
+# scratch NAME: a fresh work directory WORK under target/ (on the repo's
+# disk, not a tmpfs /tmp: the sqlite ceiling and the server's commits must
+# hit the same storage), and a trap that kills every pid in PIDS on exit
+# and removes WORK after a success (keeps it, for the logs, after a failure).
+scratch() {
+    mkdir -p "$ROOT/target"
+    WORK=$(mktemp -d "$ROOT/target/$1.XXXXXX")
+    PIDS=()
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$rc" -eq 0 ]; then
+        rm -rf "$WORK"
+    else
+        echo "$0: failed (exit $rc); logs and databases kept in $WORK" >&2
+    fi
+    exit "$rc"
+}

@@ -63,30 +63,10 @@ source "$ROOT/bench/common.sh"
 prepare cargo python3 openssl
 
 # ------------------------------------------------------------------ scratch + cleanup
-# Databases live on the repo's disk (not a tmpfs /tmp): the sqlite ceiling
-# and the server's commits must hit the same storage.
-mkdir -p "$ROOT/target"
-WORK=$(mktemp -d "$ROOT/target/bench.XXXXXX")
+scratch bench
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
 FACTS=$RESULTS/facts.json
-PIDS=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "$rc" -eq 0 ]; then
-        rm -rf "$WORK"
-    else
-        echo "run.sh: failed (exit $rc); logs and databases kept in $WORK" >&2
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # An explicit, empty config file: built-in defaults only, never the caller's
 # ~/.config/rosterd/config.toml (and nothing gets written there).

@@ -66,26 +66,8 @@ source "$ROOT/bench/common.sh"
 prepare cargo python3 timeout
 
 # ------------------------------------------------------------------ scratch + cleanup
-mkdir -p "$ROOT/target"
-WORK=$(mktemp -d "$ROOT/target/soak.XXXXXX")
+scratch soak
 FACTS=$WORK/facts.json
-PIDS=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "$rc" -eq 0 ]; then
-        rm -rf "$WORK"
-    else
-        echo "soak.sh: failed (exit $rc); logs, samples and database kept in $WORK" >&2
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 CONFIG=$WORK/soak.toml
 printf '[auth]\naccess_token_lifetime = %d\n' "$ACCESS_LIFETIME" >"$CONFIG"
