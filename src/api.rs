@@ -110,7 +110,7 @@ fn health(state: AppState) -> BoxedFilter<(Response,)> {
         (status = 503, description = "It does not", body = openapi::Health),
     ))]
 async fn health_check(state: AppState) -> Response {
-    match state.db(|conn| crate::db::ping(conn)).await {
+    match state.db(crate::db::ping).await {
         Ok(()) => error::json_response(
             warp::http::StatusCode::OK,
             &serde_json::json!({"status": "ok"}),

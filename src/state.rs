@@ -15,6 +15,9 @@ use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
 
+mod readers;
+use readers::Readers;
+
 /// Shared by every handler; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -32,6 +35,8 @@ pub struct AppState {
     /// order, instead of in SQLite's busy handler (which sleeps and backs
     /// off, leaving the write lock idle between commits).
     pub writer: Arc<Semaphore>,
+    /// The threads that run reads (see [`readers`]).
+    readers: Arc<Readers>,
 }
 
 impl AppState {
@@ -53,7 +58,10 @@ impl AppState {
             config.database.max_size,
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let readers = Readers::start(&pool, cores.min(config.database.pool_size as usize))
+            .context("cannot start the database reader threads")?;
         Ok(AppState {
+            readers: Arc::new(readers),
             pool,
             keys: Arc::new(Keys::new(&config.auth)),
             hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
@@ -63,34 +71,34 @@ impl AppState {
         })
     }
 
-    /// Runs `f` with a pooled connection on the blocking pool; the
-    /// connection goes back to the pool before the future resolves.
+    /// Runs `f` with a pooled connection in one read transaction
+    /// ([`db::read`]) on a reader thread; the connection goes back to the
+    /// pool before the future resolves.
     pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn).map_err(ApiError::from)
-        })
-        .await?
+        self.db_with(move |conn| f(conn).map_err(ApiError::from))
+            .await
     }
 
-    /// Runs `f` with a pooled connection on the blocking pool, for work
-    /// that mixes queries with checks answering `ApiError`.
+    /// Like [`AppState::db`], for reads that mix queries with checks
+    /// answering `ApiError`.
     pub async fn db_with<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.readers.submit(Box::new(move |conn| {
+            let _ = tx.send(
+                conn.map_err(ApiError::from)
+                    .and_then(|conn| db::read(conn, f)),
+            );
+        }));
+        rx.await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database read failed")))?
     }
 
     /// Like [`AppState::db_with`] for work that writes: it waits its turn
