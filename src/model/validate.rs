@@ -17,9 +17,9 @@
 //! of the functions trims: DRF trims surrounding whitespace before
 //! validating, so callers that want that must trim first.
 //!
-//! Known differences from Django: the common-password list is the
-//! `passwords` crate's (about 97,000 reachable entries against Django's
-//! 20,000), so more passwords count as common; URLs may not contain control
+//! The common-password list is Django's own (see [`common`]).
+//!
+//! Known differences from Django: URLs may not contain control
 //! characters anywhere; the `email_address` crate refuses a few exotic
 //! addresses Django takes (an empty quoted local part, escaped spaces, domain
 //! labels starting or ending with a non-alphanumeric character such as `§`);
@@ -29,6 +29,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use email_address::{EmailAddress, Options};
+
+mod common;
 
 const BLANK: &str = "This field may not be blank.";
 const NULL_CHARACTERS: &str = "Null characters are not allowed.";
@@ -148,7 +150,7 @@ pub fn password(value: &str, username: Option<&str>, email: Option<&str>) -> Vec
     }
     // Django compares `password.lower().strip()` with its lowercase list.
     let lowered = value.to_lowercase();
-    if passwords::analyzer::is_common_password(lowered.trim_matches(is_python_space)) {
+    if common::is_common(lowered.trim_matches(is_python_space)) {
         errors.push(PASSWORD_TOO_COMMON.to_owned());
     }
     if value.chars().all(is_python_digit) {
@@ -833,8 +835,8 @@ mod tests {
 
     #[test]
     fn the_common_list_is_case_sensitive_so_the_password_is_lowercased() {
-        assert!(passwords::analyzer::is_common_password("password"));
-        assert!(!passwords::analyzer::is_common_password("Password1X"));
+        assert!(common::is_common("password"));
+        assert!(!common::is_common("Password"));
     }
 
     #[test]
