@@ -304,15 +304,24 @@ fn migrate(conn: &mut Connection, current: i64) -> anyhow::Result<()> {
 
 /// Runs `f` inside a `BEGIN IMMEDIATE` transaction: the write lock is taken
 /// up front, so concurrent writers queue on `busy_timeout` instead of
-/// failing half-way.
+/// failing half-way. Inside a transaction already (the server's writer
+/// commits several requests at once), `f` runs in a savepoint instead: an
+/// error undoes `f`'s changes only.
 pub fn write<T>(
     conn: &mut Connection,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let value = f(&tx)?;
-    tx.commit()?;
-    Ok(value)
+    if conn.is_autocommit() {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    } else {
+        let savepoint = conn.savepoint()?;
+        let value = f(&savepoint)?;
+        savepoint.commit()?;
+        Ok(value)
+    }
 }
 
 /// Runs `f` inside one read transaction (a deferred `BEGIN`): every query

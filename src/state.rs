@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::db;
 
 mod readers;
+mod writer;
 use readers::Readers;
+use writer::{Done, Writer};
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone, Debug)]
@@ -31,10 +33,10 @@ pub struct AppState {
     pub hashes: Arc<HashGate>,
     /// Password-attempt limits.
     pub throttle: Arc<Throttle>,
-    /// One writer at a time inside this process: writers queue here, in
-    /// order, instead of in SQLite's busy handler (which sleeps and backs
-    /// off, leaving the write lock idle between commits).
-    pub writer: Arc<Semaphore>,
+    /// The one thread that writes: writers queue there, in order, instead
+    /// of in SQLite's busy handler (which sleeps and backs off, leaving the
+    /// write lock idle between commits), and share commits (see [`writer`]).
+    writer: Arc<Writer>,
     /// The threads that run reads (see [`readers`]).
     readers: Arc<Readers>,
 }
@@ -58,6 +60,7 @@ impl AppState {
             config.database.max_size,
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let writer = Writer::start(&pool).context("cannot start the database writer thread")?;
         let readers = Readers::start(&pool, cores.min(config.database.pool_size as usize))
             .context("cannot start the database reader threads")?;
         Ok(AppState {
@@ -66,7 +69,7 @@ impl AppState {
             keys: Arc::new(Keys::new(&config.auth)),
             hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
             throttle: Arc::new(Throttle::new(&config.rate_limit, &config.server)),
-            writer: Arc::new(Semaphore::new(1)),
+            writer: Arc::new(writer),
             config: Arc::new(config),
         })
     }
@@ -101,27 +104,39 @@ impl AppState {
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database read failed")))?
     }
 
-    /// Like [`AppState::db_with`] for work that writes: it waits its turn
-    /// behind this process's other writers first.
+    /// Runs `f`, which writes, on the writer thread, inside a transaction
+    /// it may share with other requests (each in its own savepoint: an
+    /// error undoes only this request's changes). It resolves once the
+    /// commit holding the change is synced to disk.
     pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
-        let turn = self
-            .writer
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            // Held until the commit is done, even if the client goes away.
-            let _turn = turn;
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.submit(Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => f(conn),
+                Err(err) => Err(ApiError::from_pool(err)),
+            };
+            let failed = match &result {
+                Ok(_) => None,
+                Err(ApiError::Database(err)) => Some(Some(writer::copy_error(err))),
+                Err(_) => Some(None),
+            };
+            Done {
+                failed,
+                // Sent even when the caller has gone: the change stands.
+                answer: Box::new(move |lost| {
+                    let _ = tx.send(match lost {
+                        Some(err) => Err(ApiError::Database(err)),
+                        None => result,
+                    });
+                }),
+            }
+        }));
+        rx.await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database write failed")))?
     }
 
     /// Runs `f` (which hashes a password, and may use the database) on the

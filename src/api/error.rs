@@ -82,7 +82,7 @@ impl From<anyhow::Error> for ApiError {
 
 impl From<r2d2::Error> for ApiError {
     fn from(err: r2d2::Error) -> Self {
-        ApiError::Unavailable(err.to_string())
+        ApiError::from_pool(&err)
     }
 }
 
@@ -93,6 +93,11 @@ impl From<tokio::task::JoinError> for ApiError {
 }
 
 impl ApiError {
+    /// No pooled connection could be had.
+    pub fn from_pool(err: &r2d2::Error) -> ApiError {
+        ApiError::Unavailable(err.to_string())
+    }
+
     /// A single field error.
     pub fn field(field: &str, message: impl Into<String>) -> ApiError {
         ApiError::Validation(FieldErrors::from([(

@@ -1,7 +1,7 @@
 //! Refresh token rows: the blacklist, rotation families, and pruning of
 //! rows whose token has expired anyway.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// What a refresh under rotation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Issued<'a> {
 
 /// Deletes rows whose token has expired: they can never be presented
 /// successfully again, so the table stays bounded.
-pub fn prune(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<usize> {
+pub fn prune(tx: &Connection, now: i64) -> rusqlite::Result<usize> {
     tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
         .execute([now])
 }
@@ -73,7 +73,7 @@ pub fn record_login(conn: &mut Connection, token: &Issued<'_>, now: i64) -> rusq
     })
 }
 
-fn insert(tx: &Transaction<'_>, token: &Issued<'_>, family: &str) -> rusqlite::Result<()> {
+fn insert(tx: &Connection, token: &Issued<'_>, family: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO refresh_tokens (jti, user_id, family, expires_at) VALUES (?1, ?2, ?3, ?4)",
     )?

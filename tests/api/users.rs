@@ -622,3 +622,71 @@ async fn ids_are_never_reused_after_a_delete() {
     );
     assert_user_not_found(app.get_me(&access).await).await;
 }
+
+/// Edits arriving together share one commit on the server (group commit):
+/// the refused ones must change nothing and cost the others nothing, and
+/// every accepted one must be what the database holds afterwards.
+#[tokio::test]
+async fn concurrent_edits_keep_exactly_the_accepted_ones() {
+    let app = spawn_app().await;
+    let alice = TestUser::generate();
+    let bob = TestUser::generate();
+    let (alice_id, alice_token, _) = app.create_user(&alice).await;
+    let (bob_id, bob_token, _) = app.create_user(&bob).await;
+    let app = std::sync::Arc::new(app);
+
+    let mut edits = Vec::new();
+    for n in 0..40 {
+        let app = app.clone();
+        let (alice_token, bob_token, bob_email) =
+            (alice_token.clone(), bob_token.clone(), bob.email.clone());
+        edits.push(tokio::spawn(async move {
+            match n % 3 {
+                // Alice takes a new address of her own: accepted.
+                0 => {
+                    let email = format!("alice-{n}@example.com");
+                    let body = json!({"email": email});
+                    let resp = app.patch_user(alice_id, &alice_token, &body).await;
+                    (n, resp.status(), email)
+                }
+                // Alice tries Bob's address: refused.
+                1 => {
+                    let body = json!({"email": bob_email});
+                    let resp = app.patch_user(alice_id, &alice_token, &body).await;
+                    (n, resp.status(), String::new())
+                }
+                // Bob raises his level: accepted.
+                _ => {
+                    let body = json!({"level": n});
+                    let resp = app.patch_user(bob_id, &bob_token, &body).await;
+                    (n, resp.status(), String::new())
+                }
+            }
+        }));
+    }
+    let mut accepted_emails = Vec::new();
+    let mut bob_levels = Vec::new();
+    for edit in edits {
+        let (n, status, email) = edit.await.expect("edit ran");
+        match n % 3 {
+            0 => {
+                assert_eq!(status, StatusCode::OK, "edit {n}");
+                accepted_emails.push(email);
+            }
+            1 => assert_eq!(status, StatusCode::BAD_REQUEST, "edit {n}"),
+            _ => {
+                assert_eq!(status, StatusCode::OK, "edit {n}");
+                bob_levels.push(n);
+            }
+        }
+    }
+    let alice_email = app.column(alice_id, "email");
+    let alice_email = alice_email.as_str().expect("an email");
+    assert!(
+        accepted_emails.iter().any(|e| e == alice_email),
+        "{alice_email}"
+    );
+    assert_eq!(app.column(bob_id, "email"), json!(bob.email));
+    let bob_level = app.column(bob_id, "level").as_i64().expect("a level");
+    assert!(bob_levels.contains(&bob_level), "{bob_level}");
+}

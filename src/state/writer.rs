@@ -1,0 +1,388 @@
+//! The writer thread: group commit.
+//!
+//! A write request is durable when its commit is synced to disk
+//! (`synchronous = FULL`), and one sync costs far more than the request's
+//! own work. So requests that arrive while a commit is being synced do not
+//! each wait for their own: the writer thread takes every queued request,
+//! runs them one after another inside one `BEGIN IMMEDIATE` transaction,
+//! each in its own savepoint, and commits once. A request that fails rolls
+//! back its savepoint only; nobody gets an answer before the commit that
+//! holds their change is synced, and if that commit fails, every request in
+//! it gets the error.
+
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use crate::db;
+
+/// At most this many requests share one commit.
+const MAX_BATCH: usize = 128;
+
+/// Why a request's change did not survive although the request succeeded.
+pub type Lost = rusqlite::Error;
+
+/// A write request: runs with the writer's connection (or the reason there
+/// is none) and says how it went.
+pub type Job = Box<dyn FnOnce(Result<&mut Connection, &r2d2::Error>) -> Done + Send>;
+
+/// What a [`Job`] leaves behind.
+pub struct Done {
+    /// `None` if the job succeeded; otherwise `Some` of its database error,
+    /// if it had one (a copy: it fails the batch when SQLite rolled the
+    /// whole transaction back).
+    pub failed: Option<Option<rusqlite::Error>>,
+    /// Sends the answer: called once the outcome is known, with `Some`
+    /// when the job succeeded but its change was lost after all.
+    pub answer: Answer,
+}
+
+/// See [`Done::answer`].
+pub type Answer = Box<dyn FnOnce(Option<Lost>) + Send>;
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // No job runs under this lock; recover from poisoning all the same.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer thread; dropping this stops it once its queue is empty.
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queued = self.shared.lock().jobs.len();
+        f.debug_struct("Writer").field("queued", &queued).finish()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread, taking a connection from `pool` per batch.
+    pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared::default());
+        let thread_shared = shared.clone();
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("rosterd-writer".to_owned())
+            .spawn(move || run(&thread_shared, &pool))?;
+        Ok(Writer { shared })
+    }
+
+    /// Queues `job`.
+    pub fn submit(&self, job: Job) {
+        self.shared.lock().jobs.push_back(job);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn run(shared: &Shared, pool: &db::Pool) {
+    loop {
+        let batch: Vec<Job> = {
+            let mut queue = shared.lock();
+            while queue.jobs.is_empty() {
+                if queue.closed {
+                    return;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            let take = queue.jobs.len().min(MAX_BATCH);
+            queue.jobs.drain(..take).collect()
+        };
+        match pool.get() {
+            Ok(mut conn) => commit_batch(&mut conn, batch),
+            Err(err) => {
+                for job in batch {
+                    if let Some(done) = run_job(job, Err(&err)) {
+                        (done.answer)(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `job`; `None` if it panicked (a bug: its caller sees its answer
+/// channel closed).
+fn run_job(job: Job, conn: Result<&mut Connection, &r2d2::Error>) -> Option<Done> {
+    panic::catch_unwind(AssertUnwindSafe(move || job(conn))).ok()
+}
+
+/// Runs `jobs` in as few transactions as SQLite lets it, answering each
+/// once its fate is sealed.
+fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
+    let mut waiting: Vec<Answer> = Vec::new();
+    let mut open = begin(conn);
+    for job in jobs {
+        if open && !statement(conn, "SAVEPOINT job") {
+            // Cannot mark this job's start: end the batch here.
+            commit(conn, std::mem::take(&mut waiting));
+            open = false;
+        }
+        if !open {
+            // No shared transaction (another process held the write lock
+            // past busy_timeout, or an I/O error): the rest run on their
+            // own, each in its own transaction or with its own error.
+            if let Some(done) = run_job(job, Ok(conn)) {
+                (done.answer)(None);
+            }
+            continue;
+        }
+        let done = run_job(job, Ok(conn));
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (a full disk, an
+            // I/O error): the changes of the jobs before this one are gone.
+            let (cause, answer) = match done {
+                Some(done) => (
+                    done.failed
+                        .as_ref()
+                        .and_then(Option::as_ref)
+                        .map(copy_error),
+                    Some((done.failed.is_none(), done.answer)),
+                ),
+                None => (None, None),
+            };
+            for answer in waiting.drain(..) {
+                answer(Some(lost(cause.as_ref())));
+            }
+            if let Some((succeeded, answer)) = answer {
+                answer(succeeded.then(|| lost(cause.as_ref())));
+            }
+            open = begin(conn);
+            continue;
+        }
+        match done {
+            Some(done) if done.failed.is_none() => {
+                statement(conn, "RELEASE job");
+                waiting.push(done.answer);
+            }
+            failed => {
+                statement(conn, "ROLLBACK TO job");
+                statement(conn, "RELEASE job");
+                if let Some(done) = failed {
+                    (done.answer)(None);
+                }
+            }
+        }
+    }
+    if open {
+        commit(conn, waiting);
+    }
+}
+
+/// Commits the shared transaction and answers everyone in it.
+fn commit(conn: &Connection, waiting: Vec<Answer>) {
+    let failure = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut commit| commit.execute([]))
+        .err();
+    if failure.is_some() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for answer in waiting {
+        answer(failure.as_ref().map(|err| lost(Some(err))));
+    }
+}
+
+/// `BEGIN IMMEDIATE`: whether the shared transaction is open.
+fn begin(conn: &Connection) -> bool {
+    statement(conn, "BEGIN IMMEDIATE")
+}
+
+/// Runs one transaction-control statement (cached: these run per request).
+fn statement(conn: &Connection, sql: &str) -> bool {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .is_ok()
+}
+
+/// The error a request gets when its change was lost with its batch.
+fn lost(cause: Option<&rusqlite::Error>) -> Lost {
+    match cause {
+        Some(err) => copy_error(err),
+        None => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the transaction was rolled back".to_owned()),
+        ),
+    }
+}
+
+/// A copy of `err` (`rusqlite::Error` is not `Clone`): the same SQLite
+/// code and message, or an abort carrying the text of any other error.
+pub fn copy_error(err: &rusqlite::Error) -> rusqlite::Error {
+    match err {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    type Outcome = Result<(), String>;
+
+    fn pool(dir: &std::path::Path, max_bytes: u64) -> db::Pool {
+        let pool = db::open_limited(
+            &db::Options {
+                path: dir.join("t.sqlite3"),
+                busy_timeout: Duration::from_secs(1),
+                pool_size: 2,
+            },
+            max_bytes,
+        )
+        .unwrap();
+        pool.get()
+            .unwrap()
+            .execute_batch("CREATE TABLE t (v TEXT NOT NULL UNIQUE)")
+            .unwrap();
+        pool
+    }
+
+    /// A job inserting `v` (through `db::write`, as the server's do),
+    /// reporting on `out` with its tag.
+    fn insert(tag: &'static str, v: String, out: mpsc::Sender<(&'static str, Outcome)>) -> Job {
+        Box::new(move |conn| {
+            let result = conn.map_err(|e| e.to_string()).and_then(|conn| {
+                db::write(conn, |tx| tx.execute("INSERT INTO t (v) VALUES (?1)", [&v]))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+            Done {
+                failed: result.as_ref().err().map(|_| None),
+                answer: Box::new(move |lost| {
+                    let _ = out.send((tag, lost.map_or(result, |e| Err(e.to_string()))));
+                }),
+            }
+        })
+    }
+
+    fn rows(pool: &db::Pool) -> Vec<String> {
+        let conn = pool.get().unwrap();
+        let mut statement = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Queues a job that holds the writer until `release` gets a message,
+    /// so the jobs queued meanwhile share the next batch.
+    fn hold(writer: &Writer) -> mpsc::Sender<()> {
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        writer.submit(Box::new(move |_| {
+            let _ = started.send(());
+            let _ = held.recv();
+            Done {
+                failed: None,
+                answer: Box::new(|_| {}),
+            }
+        }));
+        running.recv().unwrap();
+        release
+    }
+
+    #[test]
+    fn a_failing_or_panicking_job_undoes_only_itself_in_a_shared_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 0);
+        let writer = Writer::start(&pool).unwrap();
+        let (out, answers) = mpsc::channel();
+        let release = hold(&writer);
+        writer.submit(insert("a", "a".into(), out.clone()));
+        writer.submit(insert("dup", "a".into(), out.clone()));
+        writer.submit(Box::new(|conn| {
+            let conn = conn.unwrap();
+            conn.execute("INSERT INTO t (v) VALUES ('from a panic')", [])
+                .unwrap();
+            panic!("a bug in a job");
+        }));
+        writer.submit(insert("b", "b".into(), out.clone()));
+        release.send(()).unwrap();
+        let mut got: Vec<_> = (0..3).map(|_| answers.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(got[0], ("a", Ok(())));
+        assert_eq!(got[1], ("b", Ok(())));
+        assert_eq!(got[2].0, "dup");
+        assert!(got[2].1.as_ref().unwrap_err().contains("UNIQUE"));
+        assert_eq!(rows(&pool), ["a", "b"]);
+        // Nobody is left waiting: the panicking job's sender is gone.
+        assert!(answers.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn nobody_hears_of_success_for_a_change_that_did_not_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file capped at a few pages: a big row does not fit.
+        let pool = pool(dir.path(), 64 * 1024);
+        let writer = Writer::start(&pool).unwrap();
+        let (out, answers) = mpsc::channel();
+        let release = hold(&writer);
+        writer.submit(insert("small", "small".into(), out.clone()));
+        writer.submit(insert("big", "x".repeat(256 * 1024), out.clone()));
+        writer.submit(insert("after", "after".into(), out.clone()));
+        release.send(()).unwrap();
+        let got: Vec<_> = (0..3).map(|_| answers.recv().unwrap()).collect();
+        let big = got.iter().find(|(tag, _)| *tag == "big").unwrap();
+        assert!(big.1.is_err(), "{got:?}");
+        let stored = rows(&pool);
+        for (tag, outcome) in &got {
+            assert_eq!(
+                outcome.is_ok(),
+                stored.contains(&tag.to_string()),
+                "{got:?} {stored:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_writer_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 0);
+        let writer = Writer::start(&pool).unwrap();
+        let (out, answers) = mpsc::channel();
+        writer.submit(insert("last", "last".into(), out));
+        let shared = Arc::downgrade(&writer.shared);
+        drop(writer);
+        assert_eq!(answers.recv().unwrap(), ("last", Ok(())));
+        for _ in 0..200 {
+            if shared.upgrade().is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the writer thread did not stop");
+    }
+}
