@@ -75,3 +75,27 @@ CREATE INDEX users_status_id ON users (status, id);
 -- in this narrow index (ids only) instead of the table's full rows, several
 -- times faster. The other orderings step over their (column, id) indexes.
 CREATE INDEX users_id_seek ON users (id);
+
+-- migration 5
+-- What listing pages need without scanning the table: how many users there
+-- are (X-Total-Count), and a counter bumped whenever users change places in
+-- id order (a delete, an insert below the largest id, an id changed), so a
+-- server may keep every 1,000th id in memory as a seek point for deep
+-- pages and know when those went stale. Triggers keep both exact for every
+-- writer, the command line and other tools included.
+CREATE TABLE users_meta (
+    only     INTEGER PRIMARY KEY CHECK (only = 1),
+    users    INTEGER NOT NULL CHECK (users >= 0),
+    reorders INTEGER NOT NULL
+);
+INSERT INTO users_meta (only, users, reorders) SELECT 1, count(*), 0 FROM users;
+CREATE TRIGGER users_meta_insert AFTER INSERT ON users BEGIN
+    UPDATE users_meta SET users = users + 1,
+        reorders = reorders + (NEW.id < (SELECT max(id) FROM users));
+END;
+CREATE TRIGGER users_meta_delete AFTER DELETE ON users BEGIN
+    UPDATE users_meta SET users = users - 1, reorders = reorders + 1;
+END;
+CREATE TRIGGER users_meta_move AFTER UPDATE OF id ON users BEGIN
+    UPDATE users_meta SET reorders = reorders + 1;
+END;

@@ -37,6 +37,8 @@ pub struct AppState {
     /// of in SQLite's busy handler (which sleeps and backs off, leaving the
     /// write lock idle between commits), and share commits (see [`writer`]).
     writer: Arc<Writer>,
+    /// Seek points for deep pages of the user list.
+    pub id_seek: Arc<db::users::IdSeek>,
     /// The threads that run reads (see [`readers`]).
     readers: Arc<Readers>,
 }
@@ -65,6 +67,7 @@ impl AppState {
             .context("cannot start the database reader threads")?;
         Ok(AppState {
             readers: Arc::new(readers),
+            id_seek: Arc::default(),
             pool,
             keys: Arc::new(Keys::new(&config.auth)),
             hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),

@@ -327,9 +327,10 @@ async fn list(
         return Ok(stream_all(state, params.query));
     };
     let query = params.query;
+    let seek = state.id_seek.clone();
     let (users, total) = state
         .db(move |conn| {
-            let users = db::users::page(conn, &query, limit, offset)?;
+            let users = db::users::page(conn, &query, limit, offset, &seek)?;
             let total = db::users::count(conn, &query)?;
             Ok((users, total))
         })

@@ -7,23 +7,32 @@ use crate::model::{Account, NewUser, Status, User, UserChanges};
 const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
                        password_hash, is_staff, is_active, tokens_valid_after";
 
+/// The rendered columns only (listings): the first eight of [`COLUMNS`].
+const USER_COLUMNS: &str =
+    "id, username, email, level, status, profile_picture, created_at, updated_at";
+
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
-    let status: String = row.get(4)?;
     Ok(Account {
-        user: User {
-            id: row.get(0)?,
-            username: row.get(1)?,
-            email: row.get(2)?,
-            level: row.get(3)?,
-            status: Status::parse(&status).unwrap_or(Status::Offline),
-            profile_picture: row.get(5)?,
-            created_at: row.get(6)?,
-            updated_at: row.get(7)?,
-        },
+        user: user_from_row(row)?,
         password_hash: row.get(8)?,
         is_staff: row.get(9)?,
         is_active: row.get(10)?,
         tokens_valid_after: row.get(11)?,
+    })
+}
+
+/// The user of a row whose first columns are [`USER_COLUMNS`].
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let status = row.get_ref(4)?.as_str()?;
+    Ok(User {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        email: row.get(2)?,
+        level: row.get(3)?,
+        status: Status::parse(status).unwrap_or(Status::Offline),
+        profile_picture: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
     })
 }
 
@@ -312,69 +321,172 @@ fn where_clause(conditions: &[String]) -> String {
 }
 
 /// One page by `LIMIT`/`OFFSET`. Unfiltered deep pages first find the
-/// page's first row by stepping over `offset` entries of the ordering's
-/// index (sort keys only), then read the page by keyset.
+/// page's first row, then read the page by keyset: in id order (the
+/// default) through `seek`'s in-memory seek points, in the other orders by
+/// stepping over `offset` entries of the ordering's index (sort keys only).
 pub fn page(
     conn: &Connection,
     query: &ListQuery,
     limit: i64,
     offset: i64,
+    seek: &IdSeek,
 ) -> rusqlite::Result<Vec<User>> {
     if offset > 0 && query.filters().0.is_empty() {
         let keys = query.keys();
-        let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
-        let seek_index = if columns == ["id"] {
-            " INDEXED BY users_id_seek"
-        } else {
-            ""
+        let start: Option<Vec<rusqlite::types::Value>> = match keys.as_slice() {
+            [(SortColumn::Id, descending)] if offset >= IdSeek::STRIDE => {
+                let (users, _) = meta(conn)?;
+                let position = if *descending {
+                    users - 1 - offset
+                } else {
+                    offset
+                };
+                seek.id_at(conn, position)?
+                    .map(|id| vec![rusqlite::types::Value::Integer(id)])
+            }
+            _ => {
+                let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
+                let seek_index = if columns == ["id"] {
+                    " INDEXED BY users_id_seek"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "SELECT {} FROM users{seek_index} ORDER BY {} LIMIT 1 OFFSET ?1",
+                    columns.join(", "),
+                    query.order_by()
+                );
+                conn.prepare_cached(&sql)?
+                    .query_row([offset], |row| {
+                        (0..columns.len()).map(|i| row.get(i)).collect()
+                    })
+                    .optional()?
+            }
         };
-        let sql = format!(
-            "SELECT {} FROM users{seek_index} ORDER BY {} LIMIT 1 OFFSET ?1",
-            columns.join(", "),
-            query.order_by()
-        );
-        let start: Option<Vec<rusqlite::types::Value>> = conn
-            .prepare_cached(&sql)?
-            .query_row([offset], |row| {
-                (0..columns.len()).map(|i| row.get(i)).collect()
-            })
-            .optional()?;
         let Some(start) = start else {
             return Ok(Vec::new());
         };
         let (condition, mut params) = query.keyset_from(&start, true);
         let sql = format!(
-            "SELECT {COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
+            "SELECT {USER_COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
             query.order_by()
         );
         params.push(rusqlite::types::Value::Integer(limit));
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
-            account_from_row(row).map(|a| a.user)
-        })?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
         return rows.collect();
     }
     let (conditions, mut params) = query.filters();
     let sql = format!(
-        "SELECT {COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
+        "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
         where_clause(&conditions),
         query.order_by()
     );
     params.push(rusqlite::types::Value::Integer(limit));
     params.push(rusqlite::types::Value::Integer(offset));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
-        account_from_row(row).map(|a| a.user)
-    })?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
     rows.collect()
 }
 
-/// How many users match the filters.
+/// How many users match the filters (without filters, read from
+/// `users_meta`, which triggers keep exact: no scan).
 pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
     let (conditions, params) = query.filters();
+    if conditions.is_empty() {
+        return Ok(meta(conn)?.0);
+    }
     let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
     conn.prepare_cached(&sql)?
         .query_row(rusqlite::params_from_iter(params), |row| row.get(0))
+}
+
+/// `users_meta`: (how many users, how many times users changed places in
+/// id order).
+fn meta(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached("SELECT users, reorders FROM users_meta WHERE only = 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+}
+
+/// Seek points for deep pages in id order: the id at every
+/// [`IdSeek::STRIDE`]th position, so finding the row at any offset steps
+/// over fewer than `STRIDE` index entries instead of `offset`. Built on
+/// first use (one pass over the id index) and rebuilt when `users_meta`
+/// says users changed places; appended users (new ids are always the
+/// largest) leave the points valid.
+#[derive(Debug, Default)]
+pub struct IdSeek {
+    points: std::sync::Mutex<Option<SeekPoints>>,
+}
+
+#[derive(Debug)]
+struct SeekPoints {
+    /// `users_meta` when built.
+    users: i64,
+    reorders: i64,
+    /// `ids[k]` is the id at position `k * STRIDE`.
+    ids: Vec<i64>,
+}
+
+impl IdSeek {
+    /// The distance between seek points.
+    pub const STRIDE: i64 = 1_000;
+
+    /// The id at `position` (0-based, ascending id order); `None` past the
+    /// end. Call inside a read transaction.
+    pub fn id_at(&self, conn: &Connection, position: i64) -> rusqlite::Result<Option<i64>> {
+        let (users, reorders) = meta(conn)?;
+        if position < 0 || position >= users {
+            return Ok(None);
+        }
+        let (from, skip) = {
+            let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = points.as_ref().is_none_or(|p| {
+                p.reorders != reorders
+                    || p.users > users
+                    // Far past the points (many users appended since).
+                    || position >= p.users + Self::STRIDE
+            });
+            if stale {
+                *points = Some(SeekPoints {
+                    users,
+                    reorders,
+                    ids: Self::build(conn)?,
+                });
+            }
+            let ids = points
+                .as_ref()
+                .map(|p| p.ids.as_slice())
+                .unwrap_or_default();
+            let k = usize::try_from(position / Self::STRIDE)
+                .unwrap_or(usize::MAX)
+                .min(ids.len().saturating_sub(1));
+            match ids.get(k) {
+                Some(&id) => (id, position - k as i64 * Self::STRIDE),
+                None => return Ok(None),
+            }
+        };
+        conn.prepare_cached(
+            "SELECT id FROM users INDEXED BY users_id_seek WHERE id >= ?1 \
+             ORDER BY id LIMIT 1 OFFSET ?2",
+        )?
+        .query_row([from, skip], |row| row.get(0))
+        .optional()
+    }
+
+    fn build(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+        let mut stmt = conn.prepare("SELECT id FROM users INDEXED BY users_id_seek ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        let mut ids = Vec::new();
+        let mut n: i64 = 0;
+        while let Some(row) = rows.next()? {
+            if n % Self::STRIDE == 0 {
+                ids.push(row.get(0)?);
+            }
+            n += 1;
+        }
+        Ok(ids)
+    }
 }
 
 /// Up to `n` users following `last` in the query's order (keyset paging:
@@ -392,15 +504,13 @@ pub fn chunk_after(
         params.extend(more);
     }
     let sql = format!(
-        "SELECT {COLUMNS} FROM users{} ORDER BY {} LIMIT ?",
+        "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ?",
         where_clause(&conditions),
         query.order_by()
     );
     params.push(rusqlite::types::Value::Integer(n));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
-        account_from_row(row).map(|a| a.user)
-    })?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
     rows.collect()
 }
 
@@ -559,7 +669,7 @@ mod tests {
                 ordering,
                 ..ListQuery::default()
             };
-            let all = page(&conn, &query, 100, 0).unwrap();
+            let all = page(&conn, &query, 100, 0, &IdSeek::default()).unwrap();
             let mut walked = Vec::new();
             let mut last: Option<User> = None;
             loop {
@@ -595,13 +705,95 @@ mod tests {
                 ordering,
                 ..ListQuery::default()
             };
-            let all = page(&conn, &query, 1000, 0).unwrap();
+            let all = page(&conn, &query, 1000, 0, &IdSeek::default()).unwrap();
             for offset in [1, 7, 39, 40, 55] {
                 let expected: Vec<_> = all.iter().skip(offset).take(6).cloned().collect();
-                let got = page(&conn, &query, 6, offset as i64).unwrap();
+                let got = page(&conn, &query, 6, offset as i64, &IdSeek::default()).unwrap();
                 assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
             }
         }
+    }
+
+    #[test]
+    fn seek_points_find_deep_positions_and_follow_changes() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        let add = |conn: &Connection, from: i64, to: i64| {
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+                 INSERT INTO users (username, email, password_hash, created_at, updated_at)
+                 SELECT 'u' || i, 'u' || i || '@example.com', 'x', 't', 't' FROM n",
+                [from, to],
+            )
+            .unwrap();
+        };
+        add(&conn, 1, 2_600);
+        let seek = IdSeek::default();
+        let plain = |conn: &Connection, position: i64| -> Option<i64> {
+            conn.query_row(
+                "SELECT id FROM users ORDER BY id LIMIT 1 OFFSET ?1",
+                [position],
+                |row| row.get(0),
+            )
+            .optional()
+            .unwrap()
+        };
+        let check = |conn: &Connection, seek: &IdSeek| {
+            let users: i64 = conn
+                .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(count(conn, &ListQuery::default()).unwrap(), users);
+            for position in [
+                0,
+                1,
+                999,
+                1_000,
+                1_001,
+                1_999,
+                2_000,
+                2_599,
+                users - 1,
+                users,
+                users + 5,
+            ] {
+                assert_eq!(
+                    seek.id_at(conn, position).unwrap(),
+                    plain(conn, position),
+                    "{position}"
+                );
+            }
+            for ordering in [vec![], vec![(SortColumn::Id, true)]] {
+                let query = ListQuery {
+                    ordering,
+                    ..ListQuery::default()
+                };
+                let all = page(conn, &query, 5_000, 0, seek).unwrap();
+                for offset in [1_000, 1_234, 2_000, users - 3, users] {
+                    let expected: Vec<_> =
+                        all.iter().skip(offset as usize).take(7).cloned().collect();
+                    let got = page(conn, &query, 7, offset, seek).unwrap();
+                    assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
+                }
+            }
+        };
+        check(&conn, &seek);
+        // Deletes shift everyone after them: the points must be rebuilt.
+        conn.execute("DELETE FROM users WHERE id % 7 = 0", [])
+            .unwrap();
+        check(&conn, &seek);
+        // Appends leave the points valid and are found past them.
+        add(&conn, 5_000, 6_500);
+        check(&conn, &seek);
+        // A user inserted below the largest id shifts the rest too.
+        conn.execute(
+            "INSERT INTO users (id, username, email, password_hash, created_at, updated_at)
+             VALUES (14, 'back', 'back@example.com', 'x', 't', 't')",
+            [],
+        )
+        .unwrap();
+        check(&conn, &seek);
+        insert(&mut conn, &new_user("last"), "t").unwrap();
+        check(&conn, &seek);
     }
 
     #[test]
@@ -614,7 +806,7 @@ mod tests {
             search: Some("A_".into()),
             ..ListQuery::default()
         };
-        let found = page(&conn, &query, 10, 0).unwrap();
+        let found = page(&conn, &query, 10, 0, &IdSeek::default()).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].username, "a_b");
     }

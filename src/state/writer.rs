@@ -346,7 +346,7 @@ mod tests {
     fn nobody_hears_of_success_for_a_change_that_did_not_survive() {
         let dir = tempfile::tempdir().unwrap();
         // A file capped at a few pages: a big row does not fit.
-        let pool = pool(dir.path(), 64 * 1024);
+        let pool = pool(dir.path(), 128 * 1024);
         let writer = Writer::start(&pool).unwrap();
         let (out, answers) = mpsc::channel();
         let release = hold(&writer);

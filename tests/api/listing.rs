@@ -588,3 +588,47 @@ async fn a_user_registered_between_two_pages_is_counted_and_reached() {
     expected.push(new_id);
     assert_eq!(seen, expected);
 }
+
+/// Deep pages in id order (either way) are found through seek points kept
+/// in memory: they must stay right after users are deleted behind the
+/// server's back (another connection) and after new registrations.
+#[tokio::test]
+async fn deep_pages_by_id_stay_right_across_deletes_and_registrations() {
+    let (app, token, mut all) = seeded(2_500).await;
+    let check = |all: Vec<Value>| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let descending: Vec<Value> = all.iter().rev().cloned().collect();
+            for (ordering, expected) in [("id", &all), ("-id", &descending)] {
+                for offset in [1_000, 1_001, 1_999, 2_000, all.len() - 2, all.len() + 3] {
+                    let o = offset.to_string();
+                    let page = app
+                        .list_users(
+                            token,
+                            &users_path(&[("limit", "4"), ("offset", &o), ("ordering", ordering)]),
+                        )
+                        .await;
+                    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+                    assert_eq!(page.total, Some(all.len() as i64), "{ordering} {offset}");
+                    let end = (offset + 4).min(expected.len());
+                    let want = expected.get(offset..end).unwrap_or_default();
+                    assert_eq!(page.body, json!(want), "{ordering} at {offset}");
+                }
+            }
+        }
+    };
+    check(all.clone()).await;
+
+    let deleted = app
+        .db()
+        .execute("DELETE FROM users WHERE id % 9 = 4", [])
+        .expect("delete");
+    assert!(deleted > 200);
+    all.retain(|u| u["id"].as_i64().expect("id") % 9 != 4);
+    check(all.clone()).await;
+
+    let (id, _, _) = app.create_user(&TestUser::generate()).await;
+    all.push(expect_json(app.get_user(id, &token).await, StatusCode::OK).await);
+    check(all).await;
+}
