@@ -328,14 +328,29 @@ async fn list(
     };
     let query = params.query;
     let seek = state.id_seek.clone();
-    let (users, total) = state
+    // The page is rendered on the reader thread straight from the rows.
+    let (body, total) = state
         .db(move |conn| {
-            let users = db::users::page(conn, &query, limit, offset, &seek)?;
+            let expected = usize::try_from(limit).unwrap_or(0).min(1_000);
+            let mut body = Vec::with_capacity(2 + expected * 260);
+            body.push(b'[');
+            db::users::page_each(conn, &query, limit, offset, &seek, |user| {
+                if body.len() > 1 {
+                    body.push(b',');
+                }
+                serde_json::to_writer(&mut body, &user)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            })?;
+            body.push(b']');
             let total = db::users::count(conn, &query)?;
-            Ok((users, total))
+            Ok((body, total))
         })
         .await?;
-    let mut response = warp::reply::json(&users).into_response();
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
     let headers = response.headers_mut();
     headers.insert("x-total-count", total.into());
     if let Some(link) = link_header(&params.kept, limit, offset, total)

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::model::{Account, NewUser, Status, User, UserChanges};
+use crate::model::{Account, NewUser, Status, User, UserChanges, UserView};
 
 const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
                        password_hash, is_staff, is_active, tokens_valid_after";
@@ -23,16 +23,25 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
 
 /// The user of a row whose first columns are [`USER_COLUMNS`].
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    let status = row.get_ref(4)?.as_str()?;
-    Ok(User {
+    user_ref_from_row(row).map(UserView::to_user)
+}
+
+/// [`user_from_row`], borrowing the row's text.
+fn user_ref_from_row<'r>(row: &'r Row<'_>) -> rusqlite::Result<UserView<'r>> {
+    let text = |i: usize| -> rusqlite::Result<&'r str> {
+        row.get_ref(i)?.as_str().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    Ok(UserView {
         id: row.get(0)?,
-        username: row.get(1)?,
-        email: row.get(2)?,
+        username: text(1)?,
+        email: text(2)?,
         level: row.get(3)?,
-        status: Status::parse(status).unwrap_or(Status::Offline),
-        profile_picture: row.get(5)?,
-        created_at: row.get(6)?,
-        updated_at: row.get(7)?,
+        status: Status::parse(text(4)?).unwrap_or(Status::Offline),
+        profile_picture: text(5)?,
+        created_at: text(6)?,
+        updated_at: text(7)?,
     })
 }
 
@@ -331,6 +340,24 @@ pub fn page(
     offset: i64,
     seek: &IdSeek,
 ) -> rusqlite::Result<Vec<User>> {
+    let mut users = Vec::new();
+    page_each(conn, query, limit, offset, seek, |user| {
+        users.push(user.to_user());
+        Ok(())
+    })?;
+    Ok(users)
+}
+
+/// [`page`], handing each user to `each` as it is read, borrowed from the
+/// row (no copy of its text).
+pub fn page_each(
+    conn: &Connection,
+    query: &ListQuery,
+    limit: i64,
+    offset: i64,
+    seek: &IdSeek,
+    each: impl FnMut(UserView<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     if offset > 0 && query.filters().0.is_empty() {
         let keys = query.keys();
         let start: Option<Vec<rusqlite::types::Value>> = match keys.as_slice() {
@@ -364,7 +391,7 @@ pub fn page(
             }
         };
         let Some(start) = start else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let (condition, mut params) = query.keyset_from(&start, true);
         let sql = format!(
@@ -372,9 +399,7 @@ pub fn page(
             query.order_by()
         );
         params.push(rusqlite::types::Value::Integer(limit));
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
-        return rows.collect();
+        return each_row(conn, &sql, params, each);
     }
     let (conditions, mut params) = query.filters();
     let sql = format!(
@@ -384,9 +409,23 @@ pub fn page(
     );
     params.push(rusqlite::types::Value::Integer(limit));
     params.push(rusqlite::types::Value::Integer(offset));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
-    rows.collect()
+    each_row(conn, &sql, params, each)
+}
+
+/// Runs `sql` (selecting [`USER_COLUMNS`]) and hands every row's user to
+/// `each`.
+fn each_row(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<rusqlite::types::Value>,
+    mut each: impl FnMut(UserView<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    while let Some(row) = rows.next()? {
+        each(user_ref_from_row(row)?)?;
+    }
+    Ok(())
 }
 
 /// How many users match the filters (without filters, read from
