@@ -15,6 +15,7 @@ use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
 
+mod queue;
 mod readers;
 mod writer;
 use readers::Readers;

@@ -10,84 +10,52 @@
 //! slower still, the workers then contending on SQLite's own locks; and
 //! polling the empty queue before parking bought nothing on two cores.)
 
-use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
+use super::queue::JobQueue;
 use crate::db;
 
 /// A read to run with a reader's connection (or the reason there is none).
 pub type Job = Box<dyn FnOnce(Result<&Connection, r2d2::Error>) + Send>;
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    parked: usize,
-    closed: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    /// Jobs queued and not yet taken (shown by `Debug`).
-    pending: AtomicUsize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A job never runs under this lock, so it cannot be poisoned by a
-        // panicking job; recover the guard all the same.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The reader threads; dropping this stops them once the queue is empty.
+#[derive(Debug)]
 pub struct Readers {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Readers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let queued = self.shared.pending.load(Ordering::Relaxed);
-        f.debug_struct("Readers").field("queued", &queued).finish()
-    }
+    queue: Arc<JobQueue<Job>>,
 }
 
 impl Readers {
     /// Starts `threads` readers taking connections from `pool`.
     pub fn start(pool: &db::Pool, threads: usize) -> std::io::Result<Readers> {
-        let shared = Arc::new(Shared::default());
+        let queue = Arc::new(JobQueue::default());
         for n in 0..threads.max(1) {
-            let shared = shared.clone();
+            let queue = queue.clone();
             let pool = pool.clone();
             std::thread::Builder::new()
                 .name(format!("rosterd-reader-{n}"))
-                .spawn(move || run(&shared, &pool))?;
+                .spawn(move || {
+                    while let Some(jobs) = queue.take(1) {
+                        for job in jobs {
+                            run_job(&pool, job);
+                        }
+                    }
+                })?;
         }
-        Ok(Readers { shared })
+        Ok(Readers { queue })
     }
 
-    /// Queues `job`, waking a parked reader if there is one.
+    /// Queues `job`.
     pub fn submit(&self, job: Job) {
-        let mut queue = self.shared.lock();
-        queue.jobs.push_back(job);
-        self.shared.pending.fetch_add(1, Ordering::Relaxed);
-        let wake = queue.parked > 0;
-        drop(queue);
-        if wake {
-            self.shared.wake.notify_one();
-        }
+        self.queue.push(job);
     }
 }
 
 impl Drop for Readers {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
+        self.queue.close();
     }
 }
 
@@ -100,27 +68,6 @@ fn run_job(pool: &db::Pool, job: Job) {
         Ok(conn) => job(Ok(&conn)),
         Err(err) => job(Err(err)),
     }));
-}
-
-fn run(shared: &Shared, pool: &db::Pool) {
-    loop {
-        let job = {
-            let mut queue = shared.lock();
-            loop {
-                if let Some(job) = queue.jobs.pop_front() {
-                    break job;
-                }
-                if queue.closed {
-                    return;
-                }
-                queue.parked += 1;
-                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
-                queue.parked -= 1;
-            }
-        };
-        shared.pending.fetch_sub(1, Ordering::Relaxed);
-        run_job(pool, job);
-    }
 }
 
 #[cfg(test)]
@@ -169,7 +116,7 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), 1);
 
         // Dropping stops the threads: their pool clones go with them.
-        let shared = Arc::downgrade(&readers.shared);
+        let shared = Arc::downgrade(&readers.queue);
         drop(readers);
         for _ in 0..200 {
             if shared.upgrade().is_none() {

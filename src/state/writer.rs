@@ -10,12 +10,12 @@
 //! holds their change is synced, and if that commit fails, every request in
 //! it gets the error.
 
-use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
+use super::queue::JobQueue;
 use crate::db;
 
 /// At most this many requests share one commit.
@@ -42,83 +42,49 @@ pub struct Done {
 /// See [`Done::answer`].
 pub type Answer = Box<dyn FnOnce(Option<Lost>) + Send>;
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    closed: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // No job runs under this lock; recover from poisoning all the same.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The writer thread; dropping this stops it once its queue is empty.
+#[derive(Debug)]
 pub struct Writer {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let queued = self.shared.lock().jobs.len();
-        f.debug_struct("Writer").field("queued", &queued).finish()
-    }
+    queue: Arc<JobQueue<Job>>,
 }
 
 impl Writer {
     /// Starts the writer thread, taking a connection from `pool` per batch.
     pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
-        let shared = Arc::new(Shared::default());
-        let thread_shared = shared.clone();
+        let queue = Arc::new(JobQueue::default());
+        let jobs = queue.clone();
         let pool = pool.clone();
         std::thread::Builder::new()
             .name("rosterd-writer".to_owned())
-            .spawn(move || run(&thread_shared, &pool))?;
-        Ok(Writer { shared })
+            .spawn(move || {
+                while let Some(batch) = jobs.take(MAX_BATCH) {
+                    run_batch(&pool, batch);
+                }
+            })?;
+        Ok(Writer { queue })
     }
 
     /// Queues `job`.
     pub fn submit(&self, job: Job) {
-        self.shared.lock().jobs.push_back(job);
-        self.shared.wake.notify_one();
+        self.queue.push(job);
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
+        self.queue.close();
     }
 }
 
-fn run(shared: &Shared, pool: &db::Pool) {
-    loop {
-        let batch: Vec<Job> = {
-            let mut queue = shared.lock();
-            while queue.jobs.is_empty() {
-                if queue.closed {
-                    return;
-                }
-                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
-            }
-            let take = queue.jobs.len().min(MAX_BATCH);
-            queue.jobs.drain(..take).collect()
-        };
-        match pool.get() {
-            Ok(mut conn) => commit_batch(&mut conn, batch),
-            Err(err) => {
-                for job in batch {
-                    if let Some(done) = run_job(job, Err(&err)) {
-                        (done.answer)(None);
-                    }
+/// Runs one batch with a pooled connection (or fails it with the reason
+/// there is none).
+fn run_batch(pool: &db::Pool, batch: Vec<Job>) {
+    match pool.get() {
+        Ok(mut conn) => commit_batch(&mut conn, batch),
+        Err(err) => {
+            for job in batch {
+                if let Some(done) = run_job(job, Err(&err)) {
+                    (done.answer)(None);
                 }
             }
         }
@@ -374,7 +340,7 @@ mod tests {
         let writer = Writer::start(&pool).unwrap();
         let (out, answers) = mpsc::channel();
         writer.submit(insert("last", "last".into(), out));
-        let shared = Arc::downgrade(&writer.shared);
+        let shared = Arc::downgrade(&writer.queue);
         drop(writer);
         assert_eq!(answers.recv().unwrap(), ("last", Ok(())));
         for _ in 0..200 {
