@@ -63,8 +63,8 @@ impl AppState {
             config.database.max_size,
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let writer = Writer::start(&pool).context("cannot start the database writer thread")?;
-        let readers = Readers::start(&pool, cores.min(config.database.pool_size as usize))
+        let writer = writer::start(&pool).context("cannot start the database writer thread")?;
+        let readers = readers::start(&pool, cores.min(config.database.pool_size as usize))
             .context("cannot start the database reader threads")?;
         Ok(AppState {
             readers: Arc::new(readers),

@@ -1,7 +1,60 @@
-//! The job queue the reader and writer threads take their work from.
+//! The job queue the reader and writer threads take their work from, and
+//! the threads themselves.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Named threads serving one [`JobQueue`]; dropping this closes the queue,
+/// and the threads end once they have done what is queued.
+pub struct Workers<J> {
+    queue: Arc<JobQueue<J>>,
+}
+
+impl<J> std::fmt::Debug for Workers<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.queue.fmt(f)
+    }
+}
+
+impl<J: Send + 'static> Workers<J> {
+    /// Starts `threads` threads (at least one) named `name-N`, each taking
+    /// up to `batch` jobs at a time and handing them to `serve`.
+    pub fn start<S>(name: &str, threads: usize, batch: usize, serve: S) -> std::io::Result<Self>
+    where
+        S: Fn(Vec<J>) + Clone + Send + 'static,
+    {
+        let queue = Arc::new(JobQueue::default());
+        for n in 0..threads.max(1) {
+            let jobs = queue.clone();
+            let serve = serve.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    while let Some(taken) = jobs.take(batch) {
+                        serve(taken);
+                    }
+                })?;
+        }
+        Ok(Workers { queue })
+    }
+
+    /// Queues `job`.
+    pub fn submit(&self, job: J) {
+        self.queue.push(job);
+    }
+
+    /// The queue, to watch the threads end in tests.
+    #[cfg(test)]
+    pub fn queue(&self) -> std::sync::Weak<JobQueue<J>> {
+        Arc::downgrade(&self.queue)
+    }
+}
+
+impl<J> Drop for Workers<J> {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
 
 /// A queue of jobs for a few threads: `push` from anywhere, `take` blocks
 /// a thread until there is work; after `close`, `take` drains what is left

@@ -11,52 +11,26 @@
 //! polling the empty queue before parking bought nothing on two cores.)
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::queue::JobQueue;
+use super::queue::Workers;
 use crate::db;
 
 /// A read to run with a reader's connection (or the reason there is none).
 pub type Job = Box<dyn FnOnce(Result<&Connection, r2d2::Error>) + Send>;
 
 /// The reader threads; dropping this stops them once the queue is empty.
-#[derive(Debug)]
-pub struct Readers {
-    queue: Arc<JobQueue<Job>>,
-}
+pub type Readers = Workers<Job>;
 
-impl Readers {
-    /// Starts `threads` readers taking connections from `pool`.
-    pub fn start(pool: &db::Pool, threads: usize) -> std::io::Result<Readers> {
-        let queue = Arc::new(JobQueue::default());
-        for n in 0..threads.max(1) {
-            let queue = queue.clone();
-            let pool = pool.clone();
-            std::thread::Builder::new()
-                .name(format!("rosterd-reader-{n}"))
-                .spawn(move || {
-                    while let Some(jobs) = queue.take(1) {
-                        for job in jobs {
-                            run_job(&pool, job);
-                        }
-                    }
-                })?;
+/// Starts `threads` readers taking connections from `pool`.
+pub fn start(pool: &db::Pool, threads: usize) -> std::io::Result<Readers> {
+    let pool = pool.clone();
+    Workers::start("rosterd-reader", threads, 1, move |jobs| {
+        for job in jobs {
+            run_job(&pool, job);
         }
-        Ok(Readers { queue })
-    }
-
-    /// Queues `job`.
-    pub fn submit(&self, job: Job) {
-        self.queue.push(job);
-    }
-}
-
-impl Drop for Readers {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
+    })
 }
 
 /// Runs a job with a connection borrowed from the pool for its length,
@@ -88,7 +62,7 @@ mod tests {
     #[test]
     fn readers_run_jobs_survive_a_panic_and_stop_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let readers = Readers::start(&pool(dir.path()), 2).unwrap();
+        let readers = start(&pool(dir.path()), 2).unwrap();
         let (tx, rx) = mpsc::channel();
         for n in 0..20i64 {
             let tx = tx.clone();
@@ -116,7 +90,7 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), 1);
 
         // Dropping stops the threads: their pool clones go with them.
-        let shared = Arc::downgrade(&readers.queue);
+        let shared = readers.queue();
         drop(readers);
         for _ in 0..200 {
             if shared.upgrade().is_none() {

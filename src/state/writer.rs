@@ -11,11 +11,10 @@
 //! it gets the error.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::queue::JobQueue;
+use super::queue::Workers;
 use crate::db;
 
 /// At most this many requests share one commit.
@@ -43,37 +42,14 @@ pub struct Done {
 pub type Answer = Box<dyn FnOnce(Option<Lost>) + Send>;
 
 /// The writer thread; dropping this stops it once its queue is empty.
-#[derive(Debug)]
-pub struct Writer {
-    queue: Arc<JobQueue<Job>>,
-}
+pub type Writer = Workers<Job>;
 
-impl Writer {
-    /// Starts the writer thread, taking a connection from `pool` per batch.
-    pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
-        let queue = Arc::new(JobQueue::default());
-        let jobs = queue.clone();
-        let pool = pool.clone();
-        std::thread::Builder::new()
-            .name("rosterd-writer".to_owned())
-            .spawn(move || {
-                while let Some(batch) = jobs.take(MAX_BATCH) {
-                    run_batch(&pool, batch);
-                }
-            })?;
-        Ok(Writer { queue })
-    }
-
-    /// Queues `job`.
-    pub fn submit(&self, job: Job) {
-        self.queue.push(job);
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
+/// Starts the writer thread, taking a connection from `pool` per batch.
+pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
+    let pool = pool.clone();
+    Workers::start("rosterd-writer", 1, MAX_BATCH, move |batch| {
+        run_batch(&pool, batch);
+    })
 }
 
 /// Runs one batch with a pooled connection (or fails it with the reason
@@ -284,7 +260,7 @@ mod tests {
     fn a_failing_or_panicking_job_undoes_only_itself_in_a_shared_commit() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path(), 0);
-        let writer = Writer::start(&pool).unwrap();
+        let writer = start(&pool).unwrap();
         let (out, answers) = mpsc::channel();
         let release = hold(&writer);
         writer.submit(insert("a", "a".into(), out.clone()));
@@ -313,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A file capped at a few pages: a big row does not fit.
         let pool = pool(dir.path(), 128 * 1024);
-        let writer = Writer::start(&pool).unwrap();
+        let writer = start(&pool).unwrap();
         let (out, answers) = mpsc::channel();
         let release = hold(&writer);
         writer.submit(insert("small", "small".into(), out.clone()));
@@ -337,10 +313,10 @@ mod tests {
     fn the_writer_stops_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path(), 0);
-        let writer = Writer::start(&pool).unwrap();
+        let writer = start(&pool).unwrap();
         let (out, answers) = mpsc::channel();
         writer.submit(insert("last", "last".into(), out));
-        let shared = Arc::downgrade(&writer.queue);
+        let shared = writer.queue();
         drop(writer);
         assert_eq!(answers.recv().unwrap(), ("last", Ok(())));
         for _ in 0..200 {
