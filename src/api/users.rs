@@ -371,33 +371,43 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
         let mut last: Option<User> = None;
         let mut first = true;
         loop {
+            // Each chunk is rendered straight from its rows; only the last
+            // user is copied out, to say where the next chunk starts.
+            let mut buffer = Vec::with_capacity(STREAM_CHUNK as usize * 256 + 2);
+            let mut count = 0;
+            let mut tail: Option<User> = None;
             let chunk = pool
                 .get()
                 .map_err(|e| std::io::Error::other(e.to_string()))
                 .and_then(|conn| {
-                    db::users::chunk_after(&conn, &query, last.as_ref(), STREAM_CHUNK)
-                        .map_err(std::io::Error::other)
+                    db::users::chunk_after_each(
+                        &conn,
+                        &query,
+                        last.as_ref(),
+                        STREAM_CHUNK,
+                        |user| {
+                            buffer.push(if first { b'[' } else { b',' });
+                            first = false;
+                            serde_json::to_writer(&mut buffer, &user).map_err(|e| {
+                                rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+                            })?;
+                            count += 1;
+                            if count == STREAM_CHUNK {
+                                tail = Some(user.to_user());
+                            }
+                            Ok(())
+                        },
+                    )
+                    .map_err(std::io::Error::other)
                 });
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(err) => {
-                    // Too late for an error status: cut the body short so
-                    // the client sees a broken reply, not a short list.
-                    tracing::error!(error = %err, "listing users failed mid-stream");
-                    let _ = tx.blocking_send(Err(err));
-                    return;
-                }
-            };
-            let done = (chunk.len() as i64) < STREAM_CHUNK;
-            let mut buffer = Vec::with_capacity(chunk.len() * 256 + 2);
-            for user in &chunk {
-                buffer.push(if first { b'[' } else { b',' });
-                first = false;
-                if let Err(err) = serde_json::to_writer(&mut buffer, user) {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(err)));
-                    return;
-                }
+            if let Err(err) = chunk {
+                // Too late for an error status: cut the body short so the
+                // client sees a broken reply, not a short list.
+                tracing::error!(error = %err, "listing users failed mid-stream");
+                let _ = tx.blocking_send(Err(err));
+                return;
             }
+            let done = count < STREAM_CHUNK;
             if done {
                 if first {
                     buffer.push(b'[');
@@ -407,7 +417,7 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
             if tx.blocking_send(Ok(buffer.into())).is_err() || done {
                 return;
             }
-            last = chunk.into_iter().last();
+            last = tail;
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

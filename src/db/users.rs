@@ -529,13 +529,15 @@ impl IdSeek {
 }
 
 /// Up to `n` users following `last` in the query's order (keyset paging:
-/// each chunk is one short read, whatever the depth).
-pub fn chunk_after(
+/// each chunk is one short read, whatever the depth), each handed to
+/// `each` borrowed from its row.
+pub fn chunk_after_each(
     conn: &Connection,
     query: &ListQuery,
     last: Option<&User>,
     n: i64,
-) -> rusqlite::Result<Vec<User>> {
+    each: impl FnMut(UserView<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     let (mut conditions, mut params) = query.filters();
     if let Some(last) = last {
         let (condition, more) = query.after(last);
@@ -548,9 +550,23 @@ pub fn chunk_after(
         query.order_by()
     );
     params.push(rusqlite::types::Value::Integer(n));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
-    rows.collect()
+    each_row(conn, &sql, params, each)
+}
+
+/// [`chunk_after_each`], collected (the tests' view of it).
+#[cfg(test)]
+fn chunk_after(
+    conn: &Connection,
+    query: &ListQuery,
+    last: Option<&User>,
+    n: i64,
+) -> rusqlite::Result<Vec<User>> {
+    let mut users = Vec::new();
+    chunk_after_each(conn, query, last, n, |user| {
+        users.push(user.to_user());
+        Ok(())
+    })?;
+    Ok(users)
 }
 
 /// Every account (with the private flags), ordered by id; for the CLI.
