@@ -331,13 +331,13 @@ pub fn read<T, E: From<rusqlite::Error>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    conn.prepare_cached("BEGIN")?.execute([])?;
+    control(conn, "BEGIN")?;
     // Ends the transaction however `f` leaves (an error, a panic): a
     // pooled connection must never go back with a snapshot held open, or
     // the WAL could not be checkpointed past it.
     let open = OpenRead(conn);
     let value = f(conn)?;
-    conn.prepare_cached("COMMIT")?.execute([])?;
+    control(conn, "COMMIT")?;
     drop(open);
     Ok(value)
 }
@@ -347,9 +347,67 @@ struct OpenRead<'a>(&'a Connection);
 
 impl Drop for OpenRead<'_> {
     fn drop(&mut self) {
-        if !self.0.is_autocommit() {
-            let _ = self.0.execute_batch("ROLLBACK");
+        abandon(self.0);
+    }
+}
+
+/// Runs one transaction-control statement (cached: these run per request).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Rolls back the transaction `conn` still has open, if any.
+fn abandon(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// The steps of group commit (the server's writer thread): one
+/// `BEGIN IMMEDIATE` transaction shared by several requests, each inside
+/// its own savepoint, committed once. Each request's own writes go through
+/// [`write`], which nests as a further savepoint.
+pub mod shared {
+    use rusqlite::Connection;
+
+    use super::{abandon, control};
+
+    /// Opens the shared transaction, taking the write lock.
+    pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
+        control(conn, "BEGIN IMMEDIATE")
+    }
+
+    /// Whether the shared transaction is still open: SQLite rolls all of
+    /// it back on some errors (a full disk, an I/O error).
+    pub fn is_open(conn: &Connection) -> bool {
+        !conn.is_autocommit()
+    }
+
+    /// Marks where the next request starts.
+    pub fn mark(conn: &Connection) -> rusqlite::Result<()> {
+        control(conn, "SAVEPOINT job")
+    }
+
+    /// Keeps the changes since the mark.
+    pub fn keep(conn: &Connection) -> rusqlite::Result<()> {
+        control(conn, "RELEASE job")
+    }
+
+    /// Undoes the changes since the mark, and drops it.
+    pub fn undo(conn: &Connection) -> rusqlite::Result<()> {
+        control(conn, "ROLLBACK TO job")?;
+        control(conn, "RELEASE job")
+    }
+
+    /// Commits the shared transaction (synced: `synchronous = FULL`); on
+    /// failure nothing of it stays and the connection is left with no
+    /// transaction open.
+    pub fn commit(conn: &Connection) -> rusqlite::Result<()> {
+        let committed = control(conn, "COMMIT");
+        if committed.is_err() {
+            abandon(conn);
         }
+        committed
     }
 }
 

@@ -123,13 +123,12 @@ impl AppState {
                 Ok(conn) => f(conn),
                 Err(err) => Err(ApiError::from_pool(err)),
             };
-            let failed = match &result {
-                Ok(_) => None,
-                Err(ApiError::Database(err)) => Some(Some(writer::copy_error(err))),
-                Err(_) => Some(None),
-            };
             Done {
-                failed,
+                succeeded: result.is_ok(),
+                cause: match &result {
+                    Err(ApiError::Database(err)) => Some(writer::copy_error(err)),
+                    _ => None,
+                },
                 // Sent even when the caller has gone: the change stands.
                 answer: Box::new(move |lost| {
                     let _ = tx.send(match lost {

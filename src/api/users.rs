@@ -18,8 +18,8 @@ use crate::auth::password;
 use crate::db;
 use crate::db::users::{ListQuery, SortColumn};
 use crate::model::{
-    EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
-    timestamp_now,
+    EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, UserView,
+    parse_user_body, timestamp_now,
 };
 use warp::http::HeaderMap;
 
@@ -331,26 +331,14 @@ async fn list(
     // The page is rendered on the reader thread straight from the rows.
     let (body, total) = state
         .db(move |conn| {
-            let expected = usize::try_from(limit).unwrap_or(0).min(1_000);
-            let mut body = Vec::with_capacity(2 + expected * 260);
-            body.push(b'[');
-            db::users::page_each(conn, &query, limit, offset, &seek, |user| {
-                if body.len() > 1 {
-                    body.push(b',');
-                }
-                serde_json::to_writer(&mut body, &user)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-            })?;
-            body.push(b']');
+            let mut body = JsonArray::new(usize::try_from(limit).unwrap_or(0).min(1_000));
+            db::users::page_each(conn, &query, limit, offset, &seek, |user| body.push(user))?;
+            body.close();
             let total = db::users::count(conn, &query)?;
-            Ok((body, total))
+            Ok((body.take(0), total))
         })
         .await?;
-    let mut response = Response::new(body.into());
-    response.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
+    let mut response = json_typed(Response::new(body.into()));
     let headers = response.headers_mut();
     headers.insert("x-total-count", total.into());
     if let Some(link) = link_header(&params.kept, limit, offset, total)
@@ -369,11 +357,10 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
     let pool = state.pool.clone();
     tokio::task::spawn_blocking(move || {
         let mut last: Option<User> = None;
-        let mut first = true;
+        let mut body = JsonArray::new(STREAM_CHUNK as usize);
         loop {
             // Each chunk is rendered straight from its rows; only the last
             // user is copied out, to say where the next chunk starts.
-            let mut buffer = Vec::with_capacity(STREAM_CHUNK as usize * 256 + 2);
             let mut count = 0;
             let mut tail: Option<User> = None;
             let chunk = pool
@@ -386,11 +373,7 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
                         last.as_ref(),
                         STREAM_CHUNK,
                         |user| {
-                            buffer.push(if first { b'[' } else { b',' });
-                            first = false;
-                            serde_json::to_writer(&mut buffer, &user).map_err(|e| {
-                                rusqlite::Error::ToSqlConversionFailure(Box::new(e))
-                            })?;
+                            body.push(user)?;
                             count += 1;
                             if count == STREAM_CHUNK {
                                 tail = Some(user.to_user());
@@ -409,12 +392,10 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
             }
             let done = count < STREAM_CHUNK;
             if done {
-                if first {
-                    buffer.push(b'[');
-                }
-                buffer.push(b']');
+                body.close();
             }
-            if tx.blocking_send(Ok(buffer.into())).is_err() || done {
+            let chunk = body.take(STREAM_CHUNK as usize);
+            if tx.blocking_send(Ok(chunk.into())).is_err() || done {
                 return;
             }
             last = tail;
@@ -423,12 +404,55 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    let mut response = warp::reply::stream(body).into_response();
+    json_typed(warp::reply::stream(body).into_response())
+}
+
+/// `response`, labelled as JSON.
+fn json_typed(mut response: Response) -> Response {
     response.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,
         warp::http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Users written as one JSON array straight from their rows, taken out in
+/// pieces (a page at once, or a streamed listing chunk by chunk).
+struct JsonArray {
+    buffer: Vec<u8>,
+    items: usize,
+}
+
+impl JsonArray {
+    /// Room for about `users` users.
+    fn new(users: usize) -> JsonArray {
+        JsonArray {
+            buffer: Vec::with_capacity(2 + users * 260),
+            items: 0,
+        }
+    }
+
+    /// Appends one user.
+    fn push(&mut self, user: UserView<'_>) -> rusqlite::Result<()> {
+        self.buffer.push(if self.items == 0 { b'[' } else { b',' });
+        self.items += 1;
+        serde_json::to_writer(&mut self.buffer, &user)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    }
+
+    /// Ends the array (`[]` if nothing was pushed).
+    fn close(&mut self) {
+        if self.items == 0 {
+            self.buffer.push(b'[');
+        }
+        self.buffer.push(b']');
+    }
+
+    /// What was written since the last take, leaving room for about
+    /// `users` more.
+    fn take(&mut self, users: usize) -> Vec<u8> {
+        std::mem::replace(&mut self.buffer, Vec::with_capacity(users * 260))
+    }
 }
 
 /// The caller.

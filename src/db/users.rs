@@ -23,11 +23,11 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
 
 /// The user of a row whose first columns are [`USER_COLUMNS`].
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    user_ref_from_row(row).map(UserView::to_user)
+    user_view_from_row(row).map(UserView::to_user)
 }
 
 /// [`user_from_row`], borrowing the row's text.
-fn user_ref_from_row<'r>(row: &'r Row<'_>) -> rusqlite::Result<UserView<'r>> {
+fn user_view_from_row<'r>(row: &'r Row<'_>) -> rusqlite::Result<UserView<'r>> {
     let text = |i: usize| -> rusqlite::Result<&'r str> {
         row.get_ref(i)?.as_str().map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -329,11 +329,9 @@ fn where_clause(conditions: &[String]) -> String {
     }
 }
 
-/// One page by `LIMIT`/`OFFSET`. Unfiltered deep pages first find the
-/// page's first row, then read the page by keyset: in id order (the
-/// default) through `seek`'s in-memory seek points, in the other orders by
-/// stepping over `offset` entries of the ordering's index (sort keys only).
-pub fn page(
+/// [`page_each`], collected (the tests' view of it).
+#[cfg(test)]
+fn page(
     conn: &Connection,
     query: &ListQuery,
     limit: i64,
@@ -348,8 +346,12 @@ pub fn page(
     Ok(users)
 }
 
-/// [`page`], handing each user to `each` as it is read, borrowed from the
-/// row (no copy of its text).
+/// One page by `LIMIT`/`OFFSET`, each user handed to `each` as it is
+/// read, borrowed from the row (no copy of its text). Unfiltered deep
+/// pages first find the page's first row, then read the page by keyset: in
+/// id order (the default) through `seek`'s in-memory seek points, in the
+/// other orders by stepping over `offset` entries of the ordering's index
+/// (sort keys only).
 pub fn page_each(
     conn: &Connection,
     query: &ListQuery,
@@ -361,16 +363,9 @@ pub fn page_each(
     if offset > 0 && query.filters().0.is_empty() {
         let keys = query.keys();
         let start: Option<Vec<rusqlite::types::Value>> = match keys.as_slice() {
-            [(SortColumn::Id, descending)] if offset >= IdSeek::STRIDE => {
-                let (users, _) = meta(conn)?;
-                let position = if *descending {
-                    users - 1 - offset
-                } else {
-                    offset
-                };
-                seek.id_at(conn, position)?
-                    .map(|id| vec![rusqlite::types::Value::Integer(id)])
-            }
+            [(SortColumn::Id, descending)] if offset >= IdSeek::STRIDE => seek
+                .id_at(conn, offset, *descending)?
+                .map(|id| vec![rusqlite::types::Value::Integer(id)]),
             _ => {
                 let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
                 let seek_index = if columns == ["id"] {
@@ -423,7 +418,7 @@ fn each_row(
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(row) = rows.next()? {
-        each(user_ref_from_row(row)?)?;
+        each(user_view_from_row(row)?)?;
     }
     Ok(())
 }
@@ -471,10 +466,21 @@ impl IdSeek {
     /// The distance between seek points.
     pub const STRIDE: i64 = 1_000;
 
-    /// The id at `position` (0-based, ascending id order); `None` past the
-    /// end. Call inside a read transaction.
-    pub fn id_at(&self, conn: &Connection, position: i64) -> rusqlite::Result<Option<i64>> {
+    /// The id `offset` places from the start of id order (from its end
+    /// when `descending`); `None` past the end. Call inside a read
+    /// transaction.
+    pub fn id_at(
+        &self,
+        conn: &Connection,
+        offset: i64,
+        descending: bool,
+    ) -> rusqlite::Result<Option<i64>> {
         let (users, reorders) = meta(conn)?;
+        let position = if descending {
+            users - 1 - offset
+        } else {
+            offset
+        };
         if position < 0 || position >= users {
             return Ok(None);
         }
@@ -812,7 +818,7 @@ mod tests {
                 users + 5,
             ] {
                 assert_eq!(
-                    seek.id_at(conn, position).unwrap(),
+                    seek.id_at(conn, position, false).unwrap(),
                     plain(conn, position),
                     "{position}"
                 );

@@ -15,7 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use rusqlite::Connection;
 
 use super::queue::Workers;
-use crate::db;
+use crate::db::{self, shared};
 
 /// At most this many requests share one commit.
 const MAX_BATCH: usize = 128;
@@ -29,10 +29,11 @@ pub type Job = Box<dyn FnOnce(Result<&mut Connection, &r2d2::Error>) -> Done + S
 
 /// What a [`Job`] leaves behind.
 pub struct Done {
-    /// `None` if the job succeeded; otherwise `Some` of its database error,
-    /// if it had one (a copy: it fails the batch when SQLite rolled the
-    /// whole transaction back).
-    pub failed: Option<Option<rusqlite::Error>>,
+    /// Whether the job succeeded (its changes are to be kept).
+    pub succeeded: bool,
+    /// A copy of the job's database error, if it failed with one: it
+    /// fails the whole batch when SQLite rolled the transaction back.
+    pub cause: Option<rusqlite::Error>,
     /// Sends the answer: called once the outcome is known, with `Some`
     /// when the job succeeded but its change was lost after all.
     pub answer: Answer,
@@ -77,9 +78,9 @@ fn run_job(job: Job, conn: Result<&mut Connection, &r2d2::Error>) -> Option<Done
 /// once its fate is sealed.
 fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
     let mut waiting: Vec<Answer> = Vec::new();
-    let mut open = begin(conn);
+    let mut open = shared::begin(conn).is_ok();
     for job in jobs {
-        if open && !statement(conn, "SAVEPOINT job") {
+        if open && shared::mark(conn).is_err() {
             // Cannot mark this job's start: end the batch here.
             commit(conn, std::mem::take(&mut waiting));
             open = false;
@@ -94,36 +95,26 @@ fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
             continue;
         }
         let done = run_job(job, Ok(conn));
-        if conn.is_autocommit() {
+        if !shared::is_open(conn) {
             // SQLite rolled the whole transaction back (a full disk, an
             // I/O error): the changes of the jobs before this one are gone.
-            let (cause, answer) = match done {
-                Some(done) => (
-                    done.failed
-                        .as_ref()
-                        .and_then(Option::as_ref)
-                        .map(copy_error),
-                    Some((done.failed.is_none(), done.answer)),
-                ),
-                None => (None, None),
-            };
+            let cause = done.as_ref().and_then(|d| d.cause.as_ref()).map(copy_error);
             for answer in waiting.drain(..) {
                 answer(Some(lost(cause.as_ref())));
             }
-            if let Some((succeeded, answer)) = answer {
-                answer(succeeded.then(|| lost(cause.as_ref())));
+            if let Some(done) = done {
+                (done.answer)(done.succeeded.then(|| lost(cause.as_ref())));
             }
-            open = begin(conn);
+            open = shared::begin(conn).is_ok();
             continue;
         }
         match done {
-            Some(done) if done.failed.is_none() => {
-                statement(conn, "RELEASE job");
+            Some(done) if done.succeeded => {
+                let _ = shared::keep(conn);
                 waiting.push(done.answer);
             }
             failed => {
-                statement(conn, "ROLLBACK TO job");
-                statement(conn, "RELEASE job");
+                let _ = shared::undo(conn);
                 if let Some(done) = failed {
                     (done.answer)(None);
                 }
@@ -137,28 +128,10 @@ fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
 
 /// Commits the shared transaction and answers everyone in it.
 fn commit(conn: &Connection, waiting: Vec<Answer>) {
-    let failure = conn
-        .prepare_cached("COMMIT")
-        .and_then(|mut commit| commit.execute([]))
-        .err();
-    if failure.is_some() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
+    let failure = shared::commit(conn).err();
     for answer in waiting {
         answer(failure.as_ref().map(|err| lost(Some(err))));
     }
-}
-
-/// `BEGIN IMMEDIATE`: whether the shared transaction is open.
-fn begin(conn: &Connection) -> bool {
-    statement(conn, "BEGIN IMMEDIATE")
-}
-
-/// Runs one transaction-control statement (cached: these run per request).
-fn statement(conn: &Connection, sql: &str) -> bool {
-    conn.prepare_cached(sql)
-        .and_then(|mut statement| statement.execute([]))
-        .is_ok()
 }
 
 /// The error a request gets when its change was lost with its batch.
@@ -221,7 +194,8 @@ mod tests {
                     .map_err(|e| e.to_string())
             });
             Done {
-                failed: result.as_ref().err().map(|_| None),
+                succeeded: result.is_ok(),
+                cause: None,
                 answer: Box::new(move |lost| {
                     let _ = out.send((tag, lost.map_or(result, |e| Err(e.to_string()))));
                 }),
@@ -248,7 +222,8 @@ mod tests {
             let _ = started.send(());
             let _ = held.recv();
             Done {
-                failed: None,
+                succeeded: true,
+                cause: None,
                 answer: Box::new(|_| {}),
             }
         }));
