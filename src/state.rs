@@ -21,9 +21,14 @@ mod writer;
 use readers::Readers;
 use writer::{Done, Writer};
 
-/// Shared by every handler; cheap to clone.
+/// Shared by every handler; cloning it is one reference count (a clone
+/// per filter and per request: one atomic, not one per field).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares; reached through `Deref`.
+#[derive(Debug)]
+pub struct Shared {
     /// The SQLite connection pool.
     pub pool: db::Pool,
     /// The resolved configuration.
@@ -42,6 +47,14 @@ pub struct AppState {
     pub id_seek: Arc<db::users::IdSeek>,
     /// The threads that run reads (see [`readers`]).
     readers: Arc<Readers>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -66,7 +79,7 @@ impl AppState {
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
         let readers = readers::start(&pool, cores.min(config.database.pool_size as usize))
             .context("cannot start the database reader threads")?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             readers: Arc::new(readers),
             id_seek: Arc::default(),
             pool,
@@ -75,7 +88,7 @@ impl AppState {
             throttle: Arc::new(Throttle::new(&config.rate_limit, &config.server)),
             writer: Arc::new(writer),
             config: Arc::new(config),
-        })
+        })))
     }
 
     /// Runs `f` with a pooled connection in one read transaction
