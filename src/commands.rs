@@ -13,7 +13,7 @@ use crate::auth::password;
 use crate::cli::{Cli, Command, UserCommand};
 use crate::config::{self, Config};
 use crate::model::{self, NewUser, Required, Status};
-use crate::{AppState, db};
+use crate::{AppState, db, logging};
 
 /// Where the config and the database live when not given.
 struct Locations {
@@ -84,12 +84,15 @@ fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(format: &str) {
+/// Starts the log: its lines go to stderr through [`logging::Batched`];
+/// the returned guard writes what is left when dropped.
+fn init_logging(format: &str) -> logging::Flush {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
+    let (writer, flush) = logging::Batched::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second init (tests) is harmless; ignore its error.
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
@@ -98,6 +101,7 @@ fn init_logging(format: &str) {
             .with_ansi(std::io::stderr().is_terminal())
             .try_init()
     };
+    flush
 }
 
 fn database_path(config: &Config) -> PathBuf {
@@ -191,7 +195,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         );
     }
     let mut config = load_config(cli, locations)?;
-    init_logging(&config.log.format);
+    let _flush_log = init_logging(&config.log.format);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod logging;
 pub mod model;
 pub mod server;
 pub mod state;
