@@ -1265,6 +1265,41 @@ fn doctor_says_to_fix_an_unknown_config_key() {
 // --- logs -----------------------------------------------------------------
 
 #[test]
+fn request_lines_reach_the_log_while_serving_and_every_one_by_the_stop() {
+    let site = Site::new();
+    let mut server = site.serve(&[]);
+    block_on(async {
+        let health = client().get(server.url("/api/health")).send().await;
+        assert_eq!(health.expect("health").status(), StatusCode::OK);
+    });
+    // Written by the log thread while the server goes on serving.
+    let start = Instant::now();
+    while !server.log_text().contains("path=\"/api/health\"") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no request line while serving: {}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A burst just before the stop: none of its lines is lost.
+    block_on(async {
+        let c = client();
+        for n in 0..200 {
+            let missing = c.get(server.url(&format!("/api/missing-{n}"))).send().await;
+            assert_eq!(missing.expect("404").status(), StatusCode::NOT_FOUND);
+        }
+    });
+    assert!(server.stop("TERM", Duration::from_secs(15)).success());
+    let log = server.log_text();
+    for n in 0..200 {
+        let path = format!("path=\"/api/missing-{n}\"");
+        assert_eq!(log.matches(&path).count(), 1, "{path} in {log}");
+    }
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+}
+
+#[test]
 fn json_logs_are_objects_with_the_request_id_and_never_hold_a_secret() {
     let site = Site::new();
     let mut server = site.serve(&[("ROSTERD_LOG_FORMAT", "json")]);
