@@ -32,21 +32,21 @@ pub struct Shared {
     /// The SQLite connection pool.
     pub pool: db::Pool,
     /// The resolved configuration.
-    pub config: Arc<Config>,
+    pub config: Config,
     /// JWT keys and lifetimes.
-    pub keys: Arc<Keys>,
+    pub keys: Keys,
     /// Bounds concurrent and queued password hashes.
-    pub hashes: Arc<HashGate>,
+    pub hashes: HashGate,
     /// Password-attempt limits.
-    pub throttle: Arc<Throttle>,
+    pub throttle: Throttle,
     /// The one thread that writes: writers queue there, in order, instead
     /// of in SQLite's busy handler (which sleeps and backs off, leaving the
     /// write lock idle between commits), and share commits (see [`writer`]).
-    writer: Arc<Writer>,
+    writer: Writer,
     /// Seek points for deep pages of the user list.
     pub id_seek: Arc<db::users::IdSeek>,
     /// The threads that run reads (see [`readers`]).
-    readers: Arc<Readers>,
+    readers: Readers,
 }
 
 impl std::ops::Deref for AppState {
@@ -80,14 +80,14 @@ impl AppState {
         let readers = readers::start(&pool, cores.min(config.database.pool_size as usize))
             .context("cannot start the database reader threads")?;
         Ok(AppState(Arc::new(Shared {
-            readers: Arc::new(readers),
+            readers,
             id_seek: Arc::default(),
             pool,
-            keys: Arc::new(Keys::new(&config.auth)),
-            hashes: Arc::new(HashGate::new(cores, config.auth.max_queued_hashes)),
-            throttle: Arc::new(Throttle::new(&config.rate_limit, &config.server)),
-            writer: Arc::new(writer),
-            config: Arc::new(config),
+            keys: Keys::new(&config.auth),
+            hashes: HashGate::new(cores, config.auth.max_queued_hashes),
+            throttle: Throttle::new(&config.rate_limit, &config.server),
+            writer,
+            config,
         })))
     }
 
