@@ -1,5 +1,6 @@
 //! The HTTP API: joins the endpoint groups, adds the per-path 405/OPTIONS
-//! answers, the request log and the one `recover`.
+//! answers, the request log and the one `recover`. The headers every reply
+//! carries (security, CORS, request id) are added by `server`.
 
 pub mod cors;
 pub mod error;
@@ -15,26 +16,20 @@ use warp::{Filter, Reply};
 
 use crate::AppState;
 
-/// Every endpoint of API.md, joined; every reply, errors included, gets
-/// the security headers and (for allowed origins) the CORS headers.
+/// Every endpoint of API.md, joined, with errors made replies and one log
+/// line per request.
 pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
     let max_body = state.config.server.max_body_bytes;
-    let cors = std::sync::Arc::new(cors::Cors::new(&state.config.server.cors_origins));
-    let api = token::routes(state.clone(), max_body)
-        .or(users::routes(state.clone(), max_body))
+    // Each group is tried only for the paths it can match: a request
+    // walks its own group's routes, not every route of the API.
+    filters::under("/api/users")
+        .and(users::routes(state.clone(), max_body))
+        .or(filters::under("/api/token").and(token::routes(state.clone(), max_body)))
         .unify()
         .or(health(state))
         .unify()
         .recover(error::recover)
-        .unify();
-    warp::header::headers_cloned()
-        .and(warp::method())
-        .and(api)
-        .map(move |headers, method, mut response: Response| {
-            cors.decorate(&headers, &method, &mut response);
-            secure(&mut response);
-            response
-        })
+        .unify()
         .with(warp::log::custom(log_request))
         .boxed()
 }

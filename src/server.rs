@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 use warp::http::{HeaderValue, Request, StatusCode, header};
+
+use crate::api::cors::CorsRequest;
 use warp::reply::Response;
 
 use crate::config::ServerConfig;
@@ -50,7 +52,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line + headers), in bytes.
     pub max_header_bytes: usize,
-    /// CORS, for the replies made here (timeouts) rather than by the API.
+    /// CORS, added here to every reply.
     pub cors: Arc<crate::api::cors::Cors>,
 }
 
@@ -68,8 +70,9 @@ impl Limits {
     }
 }
 
-/// One connection's service: stamps the peer address on each request and
-/// bounds the time to answer it.
+/// One connection's service: stamps the peer address and an id on each
+/// request, bounds the time to answer it, and gives every reply (errors
+/// and timeouts included) the security and CORS headers.
 #[derive(Clone)]
 struct ConnService<S> {
     inner: S,
@@ -90,10 +93,15 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         use tracing::Instrument;
         req.extensions_mut().insert(PeerAddr(self.peer));
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let origin = req.headers().get(header::ORIGIN).cloned();
+        let cors_request = if self.cors.is_off() {
+            CorsRequest::default()
+        } else {
+            CorsRequest::of(req.headers(), req.method())
+        };
         let cors = self.cors.clone();
+        // Kept for the warning if the request times out.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
         let id = new_request_id();
         let span = tracing::info_span!("request", id = %id);
         let future = self.inner.clone().call(req);
@@ -104,16 +112,12 @@ where
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
-                    tracing::warn!(%method, path, "request timed out");
-                    let mut reply = timeout_reply();
-                    let mut request = warp::http::HeaderMap::new();
-                    if let Some(origin) = origin {
-                        request.insert(header::ORIGIN, origin);
-                    }
-                    cors.decorate(&request, &method, &mut reply);
-                    reply
+                    tracing::warn!(%method, path = uri.path(), "request timed out");
+                    timeout_reply()
                 }
             };
+            cors.decorate(&cors_request, &mut response);
+            crate::api::secure(&mut response);
             if let Some(header) = header {
                 response.headers_mut().insert("x-request-id", header);
             }
@@ -123,6 +127,7 @@ where
     }
 }
 
+/// 408, closing the connection (the request may still be arriving).
 fn timeout_reply() -> Response {
     let mut response = crate::api::error::json_response(
         StatusCode::REQUEST_TIMEOUT,
@@ -131,7 +136,6 @@ fn timeout_reply() -> Response {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    crate::api::secure(&mut response);
     response
 }
 

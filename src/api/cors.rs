@@ -18,6 +18,26 @@ const EXPOSED: &str = "Link, X-Total-Count, Retry-After, WWW-Authenticate";
 /// How long a browser may cache a preflight, in seconds.
 const MAX_AGE: &str = "600";
 
+/// What CORS needs to know of a request, taken from it before it is
+/// handed to the routes (the reply is decorated after them).
+#[derive(Debug, Clone, Default)]
+pub struct CorsRequest {
+    origin: Option<HeaderValue>,
+    preflight: bool,
+}
+
+impl CorsRequest {
+    /// The request's `Origin`, and whether it is a preflight (`OPTIONS`
+    /// with `Access-Control-Request-Method`).
+    pub fn of(headers: &HeaderMap, method: &Method) -> CorsRequest {
+        CorsRequest {
+            origin: headers.get(header::ORIGIN).cloned(),
+            preflight: *method == Method::OPTIONS
+                && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD),
+        }
+    }
+}
+
 impl Cors {
     /// From `server.cors_origins`; `"*"` allows any origin.
     pub fn new(origins: &[String]) -> Cors {
@@ -27,17 +47,22 @@ impl Cors {
         }
     }
 
+    /// Whether no origin is allowed: then no reply gets CORS headers.
+    pub fn is_off(&self) -> bool {
+        !self.any && self.origins.is_empty()
+    }
+
     fn allows(&self, origin: &str) -> bool {
         self.any || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// Adds the CORS headers to `response` when the request's `Origin` is
     /// allowed; a preflight also gets the allowed methods and headers.
-    pub fn decorate(&self, request: &HeaderMap, method: &Method, response: &mut Response) {
-        if !self.any && self.origins.is_empty() {
+    pub fn decorate(&self, request: &CorsRequest, response: &mut Response) {
+        if self.is_off() {
             return;
         }
-        let Some(origin) = request.get(header::ORIGIN) else {
+        let Some(origin) = &request.origin else {
             return;
         };
         let allowed = origin.to_str().is_ok_and(|o| self.allows(o));
@@ -56,9 +81,7 @@ impl Cors {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED),
         );
-        let preflight = *method == Method::OPTIONS
-            && request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight {
+        if request.preflight {
             let methods = headers.get(header::ALLOW).cloned().unwrap_or_else(|| {
                 HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS")
             });
@@ -79,7 +102,7 @@ impl Cors {
 mod tests {
     use super::*;
 
-    fn request(origin: &str, preflight: bool) -> HeaderMap {
+    fn request(origin: &str, preflight: bool, method: &Method) -> CorsRequest {
         let mut headers = HeaderMap::new();
         headers.insert(header::ORIGIN, origin.parse().unwrap());
         if preflight {
@@ -88,7 +111,7 @@ mod tests {
                 "PUT".parse().unwrap(),
             );
         }
-        headers
+        CorsRequest::of(&headers, method)
     }
 
     #[test]
@@ -96,8 +119,7 @@ mod tests {
         let cors = Cors::new(&["https://app.example.com".to_owned()]);
         let mut response = Response::default();
         cors.decorate(
-            &request("https://app.example.com", false),
-            &Method::GET,
+            &request("https://app.example.com", false, &Method::GET),
             &mut response,
         );
         assert_eq!(
@@ -106,8 +128,7 @@ mod tests {
         );
         let mut response = Response::default();
         cors.decorate(
-            &request("https://evil.example", false),
-            &Method::GET,
+            &request("https://evil.example", false, &Method::GET),
             &mut response,
         );
         assert!(
@@ -125,8 +146,7 @@ mod tests {
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, PUT, OPTIONS"));
         cors.decorate(
-            &request("https://a.example", true),
-            &Method::OPTIONS,
+            &request("https://a.example", true, &Method::OPTIONS),
             &mut response,
         );
         let headers = response.headers();
@@ -148,8 +168,7 @@ mod tests {
         let cors = Cors::new(&[]);
         let mut response = Response::default();
         cors.decorate(
-            &request("https://a.example", true),
-            &Method::OPTIONS,
+            &request("https://a.example", true, &Method::OPTIONS),
             &mut response,
         );
         assert!(response.headers().is_empty());

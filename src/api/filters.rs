@@ -19,6 +19,22 @@ pub fn with_state(
     warp::any().map(move || state.clone())
 }
 
+/// Passes only requests whose path starts with `prefix`: put before a
+/// group of routes whose paths all start with it, so that other requests
+/// skip the group at the cost of one comparison. (Every route's path must
+/// start with the prefix, or that route becomes unreachable.)
+pub fn under(prefix: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::full()
+        .and_then(move |path: warp::path::FullPath| {
+            std::future::ready(if path.as_str().starts_with(prefix) {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            })
+        })
+        .untuple_one()
+}
+
 /// GET, and HEAD answered like GET (hyper drops the body).
 pub fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::get().or(warp::head()).unify()
@@ -57,30 +73,50 @@ impl RawBody {
 
 /// Reads the body, refusing more than `limit` bytes.
 pub fn body(limit: u64) -> impl Filter<Extract = (RawBody,), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
+    header_value("content-length")
+        .and(header_value("content-type"))
         .and(warp::body::stream())
-        .and_then(move |headers: HeaderMap, stream| async move {
-            read_body(&headers, stream, limit)
+        .and_then(move |length, content_type, stream| async move {
+            read_body(length, content_type, stream, limit)
                 .await
                 .map_err(warp::reject::custom)
         })
 }
 
-async fn read_body<S, B>(headers: &HeaderMap, stream: S, limit: u64) -> Result<RawBody, ApiError>
+/// The request's `name` header as sent (any bytes), if it has one.
+fn header_value(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    warp::header::value(name)
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// The request's `Authorization` header, if it has one.
+pub fn authorization()
+-> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    header_value("authorization")
+}
+
+async fn read_body<S, B>(
+    length: Option<HeaderValue>,
+    content_type: Option<HeaderValue>,
+    stream: S,
+    limit: u64,
+) -> Result<RawBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
+    let declared = length
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let content_type = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let mut buffer = BytesMut::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
@@ -132,10 +168,10 @@ pub fn client_address(
 pub fn authenticated(
     state: AppState,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+    authorization().and_then(move |authorization: Option<HeaderValue>| {
         let state = state.clone();
         async move {
-            authenticate(&state, &headers)
+            authenticate(&state, authorization.as_ref())
                 .await
                 .map_err(warp::reject::custom)
         }
@@ -145,8 +181,8 @@ pub fn authenticated(
 /// The raw token of an `Authorization: Bearer <token>` header, as
 /// simplejwt reads it: no header or another scheme -> not authenticated;
 /// `Bearer` with zero or several values -> a bad header.
-fn bearer_token(headers: &HeaderMap) -> Result<&[u8], ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&[u8], ApiError> {
+    let Some(value) = authorization else {
         return Err(ApiError::NotAuthenticated);
     };
     let mut parts = value
@@ -174,14 +210,17 @@ pub struct Bearer {
 /// Requires `Authorization: Bearer <access token>` with a valid signature,
 /// type and expiry; the user is checked by [`authorize`].
 pub fn bearer(state: AppState) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
-    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+    authorization().and_then(move |authorization: Option<HeaderValue>| {
         let state = state.clone();
-        async move { decode_bearer(&state, &headers).map_err(warp::reject::custom) }
+        async move { decode_bearer(&state, authorization.as_ref()).map_err(warp::reject::custom) }
     })
 }
 
-fn decode_bearer(state: &AppState, headers: &HeaderMap) -> Result<Bearer, ApiError> {
-    let token = bearer_token(headers)?;
+fn decode_bearer(
+    state: &AppState,
+    authorization: Option<&HeaderValue>,
+) -> Result<Bearer, ApiError> {
+    let token = bearer_token(authorization)?;
     let token = std::str::from_utf8(token)
         .map_err(|_| ApiError::InvalidAccessToken(crate::auth::jwt::TokenError::Invalid))?;
     let claims = state
@@ -211,8 +250,11 @@ pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller,
 
 /// Authenticates the request's `Authorization` header (see
 /// [`authenticated`]).
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bearer = decode_bearer(state, headers)?;
+pub async fn authenticate(
+    state: &AppState,
+    authorization: Option<&HeaderValue>,
+) -> Result<Caller, ApiError> {
+    let bearer = decode_bearer(state, authorization)?;
     state.db_with(move |conn| authorize(conn, &bearer)).await
 }
 
@@ -266,34 +308,29 @@ pub fn reply<T: Reply>(result: Result<T, ApiError>) -> Response {
 mod tests {
     use super::*;
 
-    fn headers(value: &[u8]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        map.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_bytes(value).unwrap(),
-        );
-        map
+    fn header(value: &[u8]) -> HeaderValue {
+        HeaderValue::from_bytes(value).unwrap()
     }
 
     #[test]
     fn bearer_header_is_read_as_simplejwt_reads_it() {
         assert!(matches!(
-            bearer_token(&HeaderMap::new()),
+            bearer_token(None),
             Err(ApiError::NotAuthenticated)
         ));
         assert!(matches!(
-            bearer_token(&headers(b"Basic abc")),
+            bearer_token(Some(&header(b"Basic abc"))),
             Err(ApiError::NotAuthenticated)
         ));
         assert!(matches!(
-            bearer_token(&headers(b"Bearer")),
+            bearer_token(Some(&header(b"Bearer"))),
             Err(ApiError::BadAuthorizationHeader)
         ));
         assert!(matches!(
-            bearer_token(&headers(b"Bearer a b")),
+            bearer_token(Some(&header(b"Bearer a b"))),
             Err(ApiError::BadAuthorizationHeader)
         ));
-        assert_eq!(bearer_token(&headers(b"Bearer abc")).unwrap(), b"abc");
+        assert_eq!(bearer_token(Some(&header(b"Bearer abc"))).unwrap(), b"abc");
     }
 
     #[test]

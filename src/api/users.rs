@@ -21,7 +21,7 @@ use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, UserView,
     parse_user_body, timestamp_now,
 };
-use warp::http::HeaderMap;
+use warp::http::HeaderValue;
 
 /// A path segment naming one user: anything but `me`, which has its own
 /// routes. Parsed into an id after authentication, as DRF looks up the
@@ -73,7 +73,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // POST /api/users
     let create = list_path()
         .and(warp::post())
-        .and(warp::header::headers_cloned())
+        .and(filters::authorization())
         .and(filters::body(max_body))
         .and(state_())
         .then(create)
@@ -141,16 +141,8 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         .then(delete)
         .map(filters::reply);
 
-    list.or(create)
-        .unify()
-        .or(filters::other_methods(
-            list_path(),
-            "User List",
-            "GET, POST, HEAD, OPTIONS",
-        ))
-        .unify()
-        .or(me)
-        .unify()
+    // The caller's own paths, tried only for paths under /api/users/me.
+    let me_routes = me
         .or(change_password)
         .unify()
         .or(filters::other_methods(
@@ -172,6 +164,17 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
             "User Me",
             "GET, HEAD, OPTIONS",
         ))
+        .unify();
+
+    list.or(create)
+        .unify()
+        .or(filters::other_methods(
+            list_path(),
+            "User List",
+            "GET, POST, HEAD, OPTIONS",
+        ))
+        .unify()
+        .or(filters::under("/api/users/me").and(me_routes))
         .unify()
         .or(get_one)
         .unify()
@@ -551,11 +554,15 @@ fn add_taken_errors(
         (status = 401, description = "A bad token (closed registration)", body = super::openapi::AuthError),
         (status = 403, description = "Registration is closed", body = super::openapi::Detail),
     ))]
-async fn create(headers: HeaderMap, body: RawBody, state: AppState) -> Result<Response, ApiError> {
+async fn create(
+    authorization: Option<HeaderValue>,
+    body: RawBody,
+    state: AppState,
+) -> Result<Response, ApiError> {
     if !state.config.registration.open {
         // Closed registration: only staff create users. No credentials at
         // all is a 403 too, as the config documents.
-        match filters::authenticate(&state, &headers).await {
+        match filters::authenticate(&state, authorization.as_ref()).await {
             Ok(caller) if caller.is_staff => {}
             Ok(_) | Err(ApiError::NotAuthenticated) => return Err(ApiError::Forbidden),
             Err(err) => return Err(err),
