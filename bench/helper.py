@@ -243,6 +243,11 @@ TARGETS = {
     "update": ("sqlite", 0.80),
     "list_1k": ("hello", None),
     "list_page": ("hello", 0.25),
+    # The endpoint's own work alone (examples/floor.rs): no target, it
+    # shows the most the endpoint could reach on this stack.
+    "core_get_user": ("hello", None),
+    "core_refresh": ("hello", None),
+    "core_list_page": ("hello", None),
 }
 
 
@@ -312,6 +317,8 @@ def cmd_report(results, json_path):
 
     scenario_names = ["get_user", "refresh", "login", "register", "update", "list_1k"]
     scenario_names += [f"list_page@{o}" for o in settings["list_page_offsets"]]
+    scenario_names += ["core_get_user", "core_refresh"]
+    scenario_names += [f"core_list_page@{o}" for o in settings["list_page_offsets"]]
     for name in scenario_names:
         base = name.split("@")[0]
         ceiling_name, minimum = TARGETS[base]
@@ -333,8 +340,10 @@ def cmd_report(results, json_path):
             notes.append(f"{socket_errors} socket errors/timeouts")
         if base == "list_page" and facts.get("list_page_pending"):
             notes.append("pending: limit/offset")
-        if base == "list_page":
+        if base in ("list_page", "core_list_page"):
             notes.append(f"{settings['list_page_users']:,} users")
+        if base.startswith("core_"):
+            notes.append("examples/floor.rs: the endpoint's own work, nothing around it")
         mbps = summary([r["mbps"] for r in runs])
         if base == "list_1k" and mbps:
             notes.append(f"{mbps['median']:.1f} MB/s ({mbps['min']:.1f}–{mbps['max']:.1f}),"
