@@ -164,6 +164,31 @@ mod tests {
     }
 
     #[test]
+    fn only_an_options_request_with_a_requested_method_is_a_preflight() {
+        let cors = Cors::new(&["*".to_owned()]);
+        for (preflight, method) in [(true, Method::GET), (false, Method::OPTIONS)] {
+            let mut response = Response::default();
+            cors.decorate(
+                &request("https://a.example", preflight, &method),
+                &mut response,
+            );
+            assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+            assert!(
+                !response
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+            );
+        }
+        // No Origin: not a CORS request, nothing added.
+        let mut response = Response::default();
+        cors.decorate(
+            &CorsRequest::of(&HeaderMap::new(), &Method::OPTIONS),
+            &mut response,
+        );
+        assert!(response.headers().is_empty());
+    }
+
+    #[test]
     fn cors_off_adds_nothing() {
         let cors = Cors::new(&[]);
         let mut response = Response::default();

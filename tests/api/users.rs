@@ -375,6 +375,47 @@ async fn user_endpoints_accept_a_trailing_slash() {
 }
 
 #[tokio::test]
+async fn paths_beside_the_route_groups_are_routed_as_any_other_path() {
+    // Routes are grouped behind path prefixes (/api/users, /api/users/me,
+    // /api/token); a path that only starts like a group must still reach
+    // the route that matches it, or the 404 of an unknown path.
+    let app = spawn_app().await;
+    let (_, access, _) = app.create_user(&TestUser::generate()).await;
+    for (method, path, status) in [
+        (Method::GET, "/api/users/meow", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/users/me2", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/usersx", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/users/me/x", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/tokens", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/token/refreshx", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/healthz", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/users/me", StatusCode::OK),
+        (Method::GET, "/api/health", StatusCode::OK),
+    ] {
+        let resp = app.send(method.clone(), path, Some(&access), None).await;
+        let body = expect_json(resp, status).await;
+        if status == StatusCode::NOT_FOUND {
+            assert_eq!(body, json!({"detail": "Not found."}), "{method} {path}");
+        }
+    }
+    // The group's own 405s are unchanged.
+    let resp = app
+        .send(
+            Method::DELETE,
+            "/api/users/me/password",
+            Some(&access),
+            None,
+        )
+        .await;
+    let body = expect_json(resp, StatusCode::METHOD_NOT_ALLOWED).await;
+    assert_eq!(body, json!({"detail": "Method \"DELETE\" not allowed."}));
+    let resp = app
+        .send(Method::GET, "/api/token/refresh", None, None)
+        .await;
+    expect_json(resp, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+#[tokio::test]
 async fn a_user_updates_themself_with_put() {
     let app = spawn_app().await;
     let (id, access, _) = app.create_user(&TestUser::generate()).await;
