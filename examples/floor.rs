@@ -26,6 +26,8 @@ use std::io::Write;
 
 use rosterd::api::error::ApiError;
 use rosterd::api::filters::{Bearer, authorize, bearer};
+use rosterd::api::token::checked_refresh;
+use rosterd::api::users::JsonArray;
 use rosterd::auth::jwt::TokenType;
 use rosterd::db::users::{ListQuery, count, page_each};
 use rosterd::{AppState, db};
@@ -99,19 +101,10 @@ async fn list_page(
         .db_with(move |conn| {
             authorize(conn, &bearer)?;
             let query = ListQuery::default();
-            let mut body = Vec::with_capacity(2 + PAGE as usize * 260);
-            let mut first = true;
-            page_each(conn, &query, PAGE, offset, &seek, |user| {
-                body.push(if first { b'[' } else { b',' });
-                first = false;
-                serde_json::to_writer(&mut body, &user)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-            })?;
-            if first {
-                body.push(b'[');
-            }
-            body.push(b']');
-            Ok((body, Some(count(conn, &query)?)))
+            let mut body = JsonArray::new(PAGE as usize);
+            page_each(conn, &query, PAGE, offset, &seek, |user| body.push(user))?;
+            body.close();
+            Ok((body.take(0), Some(count(conn, &query)?)))
         })
         .await;
     reply(read)
@@ -125,27 +118,11 @@ async fn refresh(body: bytes::Bytes, state: AppState) -> Response<Vec<u8>> {
     let answer = async {
         let request: Request =
             serde_json::from_slice(&body).map_err(|e| ApiError::Internal(e.into()))?;
-        let claims = state
-            .keys
-            .decode(&request.refresh, TokenType::Refresh)
-            .map_err(ApiError::InvalidToken)?;
+        let (claims, valid_after) = checked_refresh(&state, &request.refresh, true).await?;
         let id = claims.user_id().ok_or(ApiError::NotFound)?;
-        let jti = claims.jti.clone();
-        let (user, revoked) = state
-            .db(move |conn| {
-                Ok((
-                    db::users::auth_state(conn, id)?,
-                    db::tokens::is_revoked(conn, &jti)?,
-                ))
-            })
-            .await?;
-        let user = user.ok_or(ApiError::NotFound)?;
-        if revoked || claims.is_void(user.tokens_valid_after) {
-            return Err(ApiError::NotFound);
-        }
         let access = state
             .keys
-            .issue(TokenType::Access, id, user.tokens_valid_after)
+            .issue(TokenType::Access, id, valid_after)
             .map_err(ApiError::Internal)?;
         serde_json::to_vec(&serde_json::json!({ "access": access.token }))
             .map_err(|e| ApiError::Internal(e.into()))

@@ -15,10 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 use warp::http::{HeaderValue, Request, StatusCode, header};
-
-use crate::api::cors::CorsRequest;
 use warp::reply::Response;
 
+use crate::api::cors::CorsRequest;
 use crate::config::ServerConfig;
 
 tokio::task_local! {

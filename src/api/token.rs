@@ -210,7 +210,7 @@ fn check_credentials(
 /// Decodes a refresh token and checks it against the database: its user
 /// exists and is active, it was not voided by a logout-all or password
 /// change, and (`check_blacklist`) it is not blacklisted.
-async fn checked_refresh(
+pub async fn checked_refresh(
     state: &AppState,
     token: &str,
     check_blacklist: bool,

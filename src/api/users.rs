@@ -421,14 +421,14 @@ fn json_typed(mut response: Response) -> Response {
 
 /// Users written as one JSON array straight from their rows, taken out in
 /// pieces (a page at once, or a streamed listing chunk by chunk).
-struct JsonArray {
+pub struct JsonArray {
     buffer: Vec<u8>,
     items: usize,
 }
 
 impl JsonArray {
     /// Room for about `users` users.
-    fn new(users: usize) -> JsonArray {
+    pub fn new(users: usize) -> JsonArray {
         JsonArray {
             buffer: Vec::with_capacity(2 + users * 260),
             items: 0,
@@ -436,7 +436,7 @@ impl JsonArray {
     }
 
     /// Appends one user.
-    fn push(&mut self, user: UserView<'_>) -> rusqlite::Result<()> {
+    pub fn push(&mut self, user: UserView<'_>) -> rusqlite::Result<()> {
         self.buffer.push(if self.items == 0 { b'[' } else { b',' });
         self.items += 1;
         serde_json::to_writer(&mut self.buffer, &user)
@@ -444,7 +444,7 @@ impl JsonArray {
     }
 
     /// Ends the array (`[]` if nothing was pushed).
-    fn close(&mut self) {
+    pub fn close(&mut self) {
         if self.items == 0 {
             self.buffer.push(b'[');
         }
@@ -453,7 +453,7 @@ impl JsonArray {
 
     /// What was written since the last take, leaving room for about
     /// `users` more.
-    fn take(&mut self, users: usize) -> Vec<u8> {
+    pub fn take(&mut self, users: usize) -> Vec<u8> {
         std::mem::replace(&mut self.buffer, Vec::with_capacity(users * 260))
     }
 }
