@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::auth::password;
 use crate::cli::{Cli, Command, UserCommand};
@@ -90,17 +92,18 @@ fn init_logging(format: &str) -> logging::Flush {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
     let (writer, flush) = logging::Batched::stderr();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    // A second init (tests) is harmless; ignore its error.
-    let _ = if format == "json" {
-        builder.json().flatten_event(true).try_init()
+    let format = if format == "json" {
+        logging::lines::Format::Json
     } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
+        logging::lines::Format::Text {
+            ansi: std::io::stderr().is_terminal(),
+        }
     };
+    // A second init (tests) is harmless; ignore its error.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logging::lines::Lines::new(format, writer))
+        .try_init();
     flush
 }
 

@@ -20,8 +20,7 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tracing::{Level, Metadata};
-use tracing_subscriber::fmt::MakeWriter;
+pub mod lines;
 
 /// The writer thread's rest after each batch: the most a line waits.
 pub const PAUSE: Duration = Duration::from_millis(5);
@@ -113,7 +112,7 @@ impl Shared {
     }
 }
 
-/// The `MakeWriter` for the log subscriber.
+/// The log's output, for [`lines::Lines`].
 #[derive(Clone)]
 pub struct Batched {
     shared: Arc<Shared>,
@@ -158,45 +157,14 @@ impl Batched {
             Flush { shared },
         )
     }
-}
 
-/// One log line's writer: tracing formats a whole event, then writes it
-/// with one `write_all`.
-pub struct Line<'a> {
-    shared: &'a Shared,
-    urgent: bool,
-}
-
-impl Write for Line<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.urgent {
-            self.shared.write_now(buf);
+    /// Writes one or more whole lines: at once when `urgent` (warnings and
+    /// errors) or when there is no writer thread, else with the next batch.
+    pub fn write_line(&self, line: &[u8], urgent: bool) {
+        if urgent || self.direct {
+            self.shared.write_now(line);
         } else {
-            self.shared.append(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Batched {
-    type Writer = Line<'a>;
-
-    fn make_writer(&'a self) -> Line<'a> {
-        Line {
-            shared: &self.shared,
-            urgent: self.direct,
-        }
-    }
-
-    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line<'a> {
-        Line {
-            shared: &self.shared,
-            // Levels compare by verbosity: WARN and ERROR are below INFO.
-            urgent: self.direct || *meta.level() <= Level::WARN,
+            self.shared.append(line);
         }
     }
 }
@@ -247,13 +215,13 @@ mod tests {
     fn lines_reach_the_output_in_order_without_a_flush() {
         let (batched, _flush, sink) = writer();
         for n in 0..100 {
-            writeln!(batched.make_writer(), "line {n}").unwrap();
+            batched.write_line(format!("line {n}\n").as_bytes(), false);
         }
         let want: String = (0..100).map(|n| format!("line {n}\n")).collect();
         assert_eq!(sink.wait_for(&want), want);
         // The writer thread went back to waiting: a later line comes too.
         std::thread::sleep(PAUSE * 3);
-        batched.make_writer().write_all(b"later\n").unwrap();
+        batched.write_line(b"later\n", false);
         let want = want + "later\n";
         assert_eq!(sink.wait_for(&want), want);
     }
@@ -261,12 +229,11 @@ mod tests {
     #[test]
     fn a_warning_goes_out_at_once_after_the_lines_before_it() {
         let (batched, _flush, sink) = writer();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(batched.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_target(false)
-            .finish();
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(lines::Lines::new(
+            lines::Format::Text { ansi: false },
+            batched.clone(),
+        ));
         tracing::subscriber::with_default(subscriber, || {
             // Hold the writer thread back: the info line stays pending.
             let out = lock(&batched.shared.out);
@@ -275,7 +242,17 @@ mod tests {
             drop(out);
             tracing::warn!("second");
             // Written by this thread before it went on.
-            assert_eq!(sink.text(), " INFO first\n WARN second\n");
+            let text = sink.text();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            assert!(
+                lines[0].ends_with("Z  INFO rosterd::logging::tests: first"),
+                "{text}"
+            );
+            assert!(
+                lines[1].ends_with("Z  WARN rosterd::logging::tests: second"),
+                "{text}"
+            );
         });
     }
 
@@ -283,8 +260,8 @@ mod tests {
     fn dropping_the_guard_writes_what_is_left_and_stops_the_thread() {
         let (batched, flush, sink) = writer();
         let out = lock(&batched.shared.out);
-        batched.make_writer().write_all(b"a\n").unwrap();
-        batched.make_writer().write_all(b"b\n").unwrap();
+        batched.write_line(b"a\n", false);
+        batched.write_line(b"b\n", false);
         drop(out);
         drop(flush);
         assert_eq!(sink.text(), "a\nb\n");
@@ -301,11 +278,11 @@ mod tests {
         let (batched, _flush, sink) = writer();
         let out = lock(&batched.shared.out);
         let big = vec![b'x'; MAX_PENDING];
-        batched.make_writer().write_all(&big).unwrap();
+        batched.write_line(&big, false);
         drop(out);
         // The writer thread may take the big batch first; either way the
         // next line waits for nobody and comes after it.
-        batched.make_writer().write_all(b"next\n").unwrap();
+        batched.write_line(b"next\n", false);
         let text = sink.wait_for(&format!("{}next\n", "x".repeat(MAX_PENDING)));
         assert!(text.ends_with("next\n") && text.len() == MAX_PENDING + 5);
     }

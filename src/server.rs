@@ -21,18 +21,42 @@ use crate::api::cors::CorsRequest;
 use crate::config::ServerConfig;
 
 tokio::task_local! {
-    /// The id of the request being served, for error bodies.
-    static REQUEST_ID: String;
+    /// The id of the request being served, for log lines and error bodies.
+    static REQUEST_ID: RequestId;
 }
 
 /// The id of the request this task is serving, if any.
-pub fn request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+pub fn request_id() -> Option<RequestId> {
+    REQUEST_ID.try_with(|id| *id).ok()
 }
 
-/// A fresh request id: 16 hex characters.
-fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// A request's id, shown as 16 hex characters: in its `X-Request-Id`,
+/// on each of its log lines and in the body of a 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// A fresh random id.
+    fn new() -> RequestId {
+        RequestId(rand::random())
+    }
+
+    /// The id as a header value.
+    fn header(self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 16];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        // Hex digits are always a valid header value.
+        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 /// The socket peer of a request, for `warp::ext::optional::<PeerAddr>()`.
@@ -90,7 +114,6 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        use tracing::Instrument;
         req.extensions_mut().insert(PeerAddr(self.peer));
         let cors_request = if self.cors.is_off() {
             CorsRequest::default()
@@ -101,11 +124,9 @@ where
         // Kept for the warning if the request times out.
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let id = new_request_id();
-        let span = tracing::info_span!("request", id = %id);
+        let id = RequestId::new();
         let future = self.inner.clone().call(req);
         let limit = self.request_timeout;
-        let header = HeaderValue::from_str(&id).ok();
         let serve = async move {
             let mut response = match tokio::time::timeout(limit, future).await {
                 Ok(Ok(response)) => response,
@@ -117,12 +138,11 @@ where
             };
             cors.decorate(&cors_request, &mut response);
             crate::api::secure(&mut response);
-            if let Some(header) = header {
-                response.headers_mut().insert("x-request-id", header);
-            }
+            response.headers_mut().insert("x-request-id", id.header());
             Ok(response)
         };
-        Box::pin(REQUEST_ID.scope(id, serve.instrument(span)))
+        // Every log line of the request shows its id (`logging::lines`).
+        Box::pin(REQUEST_ID.scope(id, serve))
     }
 }
 
@@ -201,4 +221,20 @@ pub async fn serve<S>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_16_hex_digits_in_the_header_and_the_text() {
+        for n in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let id = RequestId(n);
+            let text = format!("{n:016x}");
+            assert_eq!(id.to_string(), text);
+            assert_eq!(id.header().to_str().unwrap(), text);
+        }
+        assert_ne!(RequestId::new(), RequestId::new());
+    }
 }

@@ -221,7 +221,7 @@ impl ApiError {
 fn server_error() -> (StatusCode, Value) {
     let mut body = json!({"detail": "A server error occurred."});
     if let Some(id) = crate::server::request_id() {
-        body["request_id"] = Value::String(id);
+        body["request_id"] = Value::String(id.to_string());
     }
     (StatusCode::INTERNAL_SERVER_ERROR, body)
 }

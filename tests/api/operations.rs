@@ -1299,6 +1299,108 @@ fn request_lines_reach_the_log_while_serving_and_every_one_by_the_stop() {
     assert!(log.trim_end().ends_with("stopped"), "{log}");
 }
 
+/// Whether `line` is `<RFC 3339 UTC to the µs>  <LEVEL> <rest>`, giving the
+/// rest.
+fn text_line_rest<'a>(line: &'a str, level: &str) -> Option<&'a str> {
+    let (stamp, rest) = line.split_at_checked(27)?;
+    let stamp_ok = stamp.len() == 27
+        && stamp.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == 'T',
+            13 | 16 => c == ':',
+            19 => c == '.',
+            26 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        });
+    let rest = rest.strip_prefix(&format!(" {level:>5} "))?;
+    stamp_ok.then_some(rest)
+}
+
+#[test]
+fn text_log_lines_carry_their_request_s_id_and_a_warning_in_a_request_does_too() {
+    let site = Site::new();
+    let mut server = site.serve(&[
+        ("ROSTERD_AUTH_ROTATE_REFRESH_TOKENS", "true"),
+        ("ROSTERD_AUTH_ROTATION_GRACE_PERIOD", "0"),
+    ]);
+    let user = TestUser::generate();
+    let (me_id, reuse_id) = block_on(async {
+        let c = client();
+        let created = c
+            .post(server.url("/api/users"))
+            .json(&user.body())
+            .send()
+            .await;
+        assert_eq!(created.expect("register").status(), StatusCode::CREATED);
+        let login = json!({"username": user.username, "password": user.password});
+        let tokens = c.post(server.url("/api/token")).json(&login).send().await;
+        let tokens: Value = tokens.expect("login").json().await.expect("JSON");
+        let me = c
+            .get(server.url("/api/users/me?secret=x"))
+            .bearer_auth(tokens["access"].as_str().expect("access"))
+            .send()
+            .await
+            .expect("me");
+        assert_eq!(me.status(), StatusCode::OK);
+        let me_id = header(me.headers(), "x-request-id").expect("id").to_owned();
+        let old = json!({"refresh": tokens["refresh"]});
+        let rotated = c
+            .post(server.url("/api/token/refresh"))
+            .json(&old)
+            .send()
+            .await;
+        assert_eq!(rotated.expect("refresh").status(), StatusCode::OK);
+        // Past the (zero-second) grace window, the retired token is reuse.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let reused = c
+            .post(server.url("/api/token/refresh"))
+            .json(&old)
+            .send()
+            .await;
+        let reused = reused.expect("reuse");
+        assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+        let reuse_id = header(reused.headers(), "x-request-id")
+            .expect("id")
+            .to_owned();
+        (me_id, reuse_id)
+    });
+    assert!(server.stop("TERM", Duration::from_secs(15)).success());
+    let log = server.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    let me_line = lines
+        .iter()
+        .find_map(|l| text_line_rest(l, "INFO").filter(|r| r.contains("/api/users/me")))
+        .unwrap_or_else(|| panic!("no request line for /api/users/me: {log}"));
+    let rest = me_line
+        .strip_prefix(&format!(
+            "request{{id={me_id}}}: rosterd::api: request method=GET path=\"/api/users/me\" status=200 ms=\""
+        ))
+        .unwrap_or_else(|| panic!("unexpected line: {me_line}"));
+    let ms = rest.strip_suffix('"').expect("ms quoted");
+    assert!(ms.parse::<f64>().is_ok() && ms.contains('.'), "{me_line}");
+    // The warning and the request line of the reuse, both with its id.
+    let warning = lines
+        .iter()
+        .find_map(|l| text_line_rest(l, "WARN").filter(|r| r.contains("reused")))
+        .unwrap_or_else(|| panic!("no reuse warning: {log}"));
+    assert_eq!(
+        warning,
+        format!(
+            "request{{id={reuse_id}}}: rosterd::api::token: retired refresh token reused \
+             after the grace window: family revoked user_id=1"
+        )
+    );
+    assert!(
+        lines.iter().any(|l| text_line_rest(l, "INFO").is_some_and(|r| r
+            .starts_with(&format!("request{{id={reuse_id}}}: rosterd::api: request method=POST path=\"/api/token/refresh\" status=401 ")))),
+        "{log}"
+    );
+    // Lines outside a request have no request id.
+    let stopped = lines.last().and_then(|l| text_line_rest(l, "INFO"));
+    assert_eq!(stopped, Some("rosterd: stopped"), "{log}");
+    assert!(!log.contains("secret=x"), "the query string in the log");
+}
+
 #[test]
 fn json_logs_are_objects_with_the_request_id_and_never_hold_a_secret() {
     let site = Site::new();
@@ -1341,6 +1443,14 @@ fn json_logs_are_objects_with_the_request_id_and_never_hold_a_secret() {
         .find(|l| l.to_string().contains(&request_id) && l.to_string().contains("/api/users/me"))
         .unwrap_or_else(|| panic!("no line with request id {request_id}: {log}"));
     assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["message"], "request", "{line}");
+    assert_eq!(line["target"], "rosterd::api", "{line}");
+    let span = json!({"id": request_id, "name": "request"});
+    assert_eq!(line["span"], span, "{line}");
+    assert_eq!(line["spans"], json!([span]), "{line}");
+    let stamp = line["timestamp"].as_str().expect("timestamp");
+    assert!(stamp.len() == 27 && stamp.ends_with('Z'), "{line}");
     assert_eq!(line["path"], "/api/users/me", "{line}");
     assert!(line["status"] == 200 || line["status"] == "200", "{line}");
     for secret in [&tokens["access"], &tokens["refresh"]] {
