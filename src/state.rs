@@ -110,13 +110,37 @@ impl AppState {
         F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
+        self.read(f, false).await
+    }
+
+    /// Like [`AppState::db`], for a read that may take long (a page of
+    /// users): reads queued while it runs do not wait for its thread.
+    pub async fn db_long<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.read(move |conn| f(conn).map_err(ApiError::from), true)
+            .await
+    }
+
+    async fn read<T, F>(&self, f: F, long: bool) -> Result<T, ApiError>
+    where
+        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.readers.submit(Box::new(move |conn| {
+        let job: readers::Job = Box::new(move |conn| {
             let _ = tx.send(
                 conn.map_err(ApiError::from)
                     .and_then(|conn| db::read(conn, f)),
             );
-        }));
+        });
+        if long {
+            self.readers.submit_long(job);
+        } else {
+            self.readers.submit(job);
+        }
         rx.await
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database read failed")))?
     }

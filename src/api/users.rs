@@ -333,7 +333,7 @@ async fn list(
     let seek = state.id_seek.clone();
     // The page is rendered on the reader thread straight from the rows.
     let (body, total) = state
-        .db(move |conn| {
+        .db_long(move |conn| {
             let mut body = JsonArray::new(usize::try_from(limit).unwrap_or(0).min(1_000));
             db::users::page_each(conn, &query, limit, offset, &seek, |user| body.push(user))?;
             body.close();
