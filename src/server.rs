@@ -2,15 +2,17 @@
 //! the header-read, idle and whole-request time limits, hands requests to
 //! the warp filter, and shuts down gracefully.
 
+mod timer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
@@ -19,6 +21,9 @@ use warp::reply::Response;
 
 use crate::api::cors::CorsRequest;
 use crate::config::ServerConfig;
+
+/// The reply header carrying the request id.
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 tokio::task_local! {
     /// The id of the request being served, for log lines and error bodies.
@@ -101,6 +106,8 @@ struct ConnService<S> {
     inner: S,
     peer: SocketAddr,
     request_timeout: Duration,
+    /// The request time limit's timer, reused by each request.
+    timer: timer::Reused,
     cors: Arc<crate::api::cors::Cors>,
 }
 
@@ -126,19 +133,24 @@ where
         let uri = req.uri().clone();
         let id = RequestId::new();
         let future = self.inner.clone().call(req);
-        let limit = self.request_timeout;
+        let limit = self
+            .timer
+            .sleep_until(Instant::now() + self.request_timeout);
         let serve = async move {
-            let mut response = match tokio::time::timeout(limit, future).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
+            let mut response = tokio::select! {
+                biased;
+                answered = future => match answered {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                () = limit => {
                     tracing::warn!(%method, path = uri.path(), "request timed out");
                     timeout_reply()
                 }
             };
             cors.decorate(&cors_request, &mut response);
             crate::api::secure(&mut response);
-            response.headers_mut().insert("x-request-id", id.header());
+            response.headers_mut().insert(X_REQUEST_ID, id.header());
             Ok(response)
         };
         // Every log line of the request shows its id (`logging::lines`).
@@ -202,11 +214,12 @@ pub async fn serve<S>(
             inner: service.clone(),
             peer,
             request_timeout: limits.request_timeout,
+            timer: timer::Reused::default(),
             cors: limits.cors.clone(),
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
+            .timer(timer::ConnTimer::default())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true);

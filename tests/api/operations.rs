@@ -496,6 +496,68 @@ async fn a_body_that_never_arrives_gets_408_within_the_request_timeout() {
 }
 
 #[tokio::test]
+async fn later_requests_on_a_keep_alive_connection_get_both_time_limits_afresh() {
+    let app = spawn_app_with(|c| {
+        c.server.request_timeout = 1;
+        c.server.header_read_timeout = 1;
+    })
+    .await;
+    let mut stream = connect(&app).await;
+    // Requests spread over more than either limit, each on time: the
+    // limits run per request, not from the connection's start.
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let reply = read_reply(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("a reply");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Then a body that never arrives: 408 about a second later.
+    let start = Instant::now();
+    stream.write_all(&partial_body("")).await.expect("send");
+    let reply = read_reply(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a 408 reply");
+    assert_eq!(reply.status, 408, "{}", reply.body);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "408 after {took:?}"
+    );
+    // A fresh connection: a request, then a head that never ends is cut
+    // off (hyper counts the idle time before a head as part of its read).
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let reply = read_reply(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a reply");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let start = Instant::now();
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    let took = closed_within(&mut stream, Duration::from_secs(5)).await;
+    let took = took.expect("still open 5 s after a 1 s header timeout");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(app.user_count(), 0);
+    health_is_ok(&app).await;
+}
+
+#[tokio::test]
 async fn a_timed_out_reply_carries_the_security_headers_and_a_request_id() {
     let app = spawn_app_with(|c| {
         c.server.request_timeout = 1;
