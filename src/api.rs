@@ -38,15 +38,19 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
 /// page, and nothing of it may be cached.
 pub(crate) fn secure(response: &mut Response) {
     use warp::http::HeaderValue;
+    use warp::http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    };
     let headers = response.headers_mut();
+    // Named by constant: a name given as text is parsed on every insert.
     for (name, value) in [
-        ("x-content-type-options", "nosniff"),
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (
-            "content-security-policy",
+            CONTENT_SECURITY_POLICY,
             "default-src 'none'; frame-ancestors 'none'",
         ),
-        ("referrer-policy", "no-referrer"),
-        ("cache-control", "no-store"),
+        (REFERRER_POLICY, "no-referrer"),
+        (CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }

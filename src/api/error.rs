@@ -227,7 +227,7 @@ fn server_error() -> (StatusCode, Value) {
 }
 
 /// A JSON reply with `status`.
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 

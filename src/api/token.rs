@@ -253,11 +253,13 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let (claims, valid_after) = checked_refresh(&state, &token, !rotate).await?;
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
     if !rotate {
-        let access = state.keys.issue(TokenType::Access, id, valid_after)?;
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({ "access": access.token }),
-        ));
+        /// `{"access": ...}`, written without building a JSON value.
+        #[derive(serde::Serialize)]
+        struct Access {
+            access: String,
+        }
+        let access = state.keys.issue(TokenType::Access, id, valid_after)?.token;
+        return Ok(json_response(StatusCode::OK, &Access { access }));
     }
     let (pair, new) = state.keys.issue_pair(id, valid_after)?;
     let grace = i64::try_from(state.config.auth.rotation_grace_period).unwrap_or(i64::MAX);

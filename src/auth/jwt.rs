@@ -143,8 +143,7 @@ pub fn now() -> u64 {
 
 /// 32 random hex characters.
 fn new_jti() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl Keys {
