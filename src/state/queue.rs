@@ -309,13 +309,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_dies_is_no_longer_counted_on() {
-        let workers = Workers::start("test-queue", 2, 1, |jobs: Vec<Job>| {
-            for job in jobs {
-                job();
-            }
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        let workers = two_threads();
         workers.submit(Box::new(|| panic!("a bug in a job")));
         let queue = workers.queue().upgrade().unwrap();
         let start = std::time::Instant::now();

@@ -495,6 +495,18 @@ async fn a_body_that_never_arrives_gets_408_within_the_request_timeout() {
     health_is_ok(&app).await;
 }
 
+/// GET /api/health on an open connection answers 200.
+async fn health_on(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let reply = read_reply(stream, Duration::from_secs(5))
+        .await
+        .expect("a reply");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 #[tokio::test]
 async fn later_requests_on_a_keep_alive_connection_get_both_time_limits_afresh() {
     let app = spawn_app_with(|c| {
@@ -506,14 +518,7 @@ async fn later_requests_on_a_keep_alive_connection_get_both_time_limits_afresh()
     // Requests spread over more than either limit, each on time: the
     // limits run per request, not from the connection's start.
     for _ in 0..3 {
-        stream
-            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("send");
-        let reply = read_reply(&mut stream, Duration::from_secs(5))
-            .await
-            .expect("a reply");
-        assert_eq!(reply.status, 200, "{}", reply.body);
+        health_on(&mut stream).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     // Then a body that never arrives: 408 about a second later.
@@ -531,14 +536,7 @@ async fn later_requests_on_a_keep_alive_connection_get_both_time_limits_afresh()
     // A fresh connection: a request, then a head that never ends is cut
     // off (hyper counts the idle time before a head as part of its read).
     let mut stream = connect(&app).await;
-    stream
-        .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("send");
-    let reply = read_reply(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("a reply");
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    health_on(&mut stream).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let start = Instant::now();
     stream
