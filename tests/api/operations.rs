@@ -1359,6 +1359,19 @@ fn request_lines_reach_the_log_while_serving_and_every_one_by_the_stop() {
     assert!(log.trim_end().ends_with("stopped"), "{log}");
 }
 
+/// Registers `user` on the running binary and logs in: the token pair.
+async fn register_and_log_in(c: &reqwest::Client, server: &Server, user: &TestUser) -> Value {
+    let created = c
+        .post(server.url("/api/users"))
+        .json(&user.body())
+        .send()
+        .await;
+    assert_eq!(created.expect("register").status(), StatusCode::CREATED);
+    let login = json!({"username": user.username, "password": user.password});
+    let tokens = c.post(server.url("/api/token")).json(&login).send().await;
+    tokens.expect("login").json().await.expect("JSON")
+}
+
 /// Whether `line` is `<RFC 3339 UTC to the µs>  <LEVEL> <rest>`, giving the
 /// rest.
 fn text_line_rest<'a>(line: &'a str, level: &str) -> Option<&'a str> {
@@ -1386,15 +1399,7 @@ fn text_log_lines_carry_their_request_s_id_and_a_warning_in_a_request_does_too()
     let user = TestUser::generate();
     let (me_id, reuse_id) = block_on(async {
         let c = client();
-        let created = c
-            .post(server.url("/api/users"))
-            .json(&user.body())
-            .send()
-            .await;
-        assert_eq!(created.expect("register").status(), StatusCode::CREATED);
-        let login = json!({"username": user.username, "password": user.password});
-        let tokens = c.post(server.url("/api/token")).json(&login).send().await;
-        let tokens: Value = tokens.expect("login").json().await.expect("JSON");
+        let tokens = register_and_log_in(&c, &server, &user).await;
         let me = c
             .get(server.url("/api/users/me?secret=x"))
             .bearer_auth(tokens["access"].as_str().expect("access"))
@@ -1468,15 +1473,7 @@ fn json_logs_are_objects_with_the_request_id_and_never_hold_a_secret() {
     let user = TestUser::generate();
     let (tokens, request_id) = block_on(async {
         let c = client();
-        let created = c
-            .post(server.url("/api/users"))
-            .json(&user.body())
-            .send()
-            .await;
-        assert_eq!(created.expect("register").status(), StatusCode::CREATED);
-        let login = json!({"username": user.username, "password": user.password});
-        let tokens = c.post(server.url("/api/token")).json(&login).send().await;
-        let tokens: Value = tokens.expect("login").json().await.expect("JSON");
+        let tokens = register_and_log_in(&c, &server, &user).await;
         let access = tokens["access"].as_str().expect("access");
         let me = c
             .get(server.url("/api/users/me"))
