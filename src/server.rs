@@ -46,15 +46,10 @@ impl RequestId {
         RequestId(rand::random())
     }
 
-    /// The id as a header value.
+    /// The id as a header value, spelled as it is shown everywhere else.
     fn header(self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 16];
-        for (i, digit) in text.iter_mut().enumerate() {
-            *digit = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
-        }
         // Hex digits are always a valid header value.
-        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+        HeaderValue::try_from(self.to_string()).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 
