@@ -99,3 +99,20 @@ END;
 CREATE TRIGGER users_meta_move AFTER UPDATE OF id ON users BEGIN
     UPDATE users_meta SET reorders = reorders + 1;
 END;
+
+-- migration 6
+-- A counter bumped by every insert, update and delete of a user, by any
+-- writer (the command line and other tools included): a server keeping
+-- rendered pages of the user list in memory serves one only while this
+-- counter, read in the same read transaction, still says what it said
+-- when the page was rendered.
+ALTER TABLE users_meta ADD COLUMN changes INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER users_meta_changes_insert AFTER INSERT ON users BEGIN
+    UPDATE users_meta SET changes = changes + 1;
+END;
+CREATE TRIGGER users_meta_changes_update AFTER UPDATE ON users BEGIN
+    UPDATE users_meta SET changes = changes + 1;
+END;
+CREATE TRIGGER users_meta_changes_delete AFTER DELETE ON users BEGIN
+    UPDATE users_meta SET changes = changes + 1;
+END;

@@ -15,8 +15,10 @@ use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
 
+mod pages;
 mod queue;
 mod readers;
+pub use pages::{Page, PageCache};
 mod writer;
 use readers::Readers;
 use writer::{Done, Writer};
@@ -45,6 +47,8 @@ pub struct Shared {
     writer: Writer,
     /// Seek points for deep pages of the user list.
     pub id_seek: Arc<db::users::IdSeek>,
+    /// Rendered pages of the user list (see [`pages`]).
+    pub pages: Arc<PageCache>,
     /// The threads that run reads (see [`readers`]).
     readers: Readers,
 }
@@ -82,6 +86,7 @@ impl AppState {
         Ok(AppState(Arc::new(Shared {
             readers,
             id_seek: Arc::default(),
+            pages: Arc::default(),
             pool,
             keys: Keys::new(&config.auth),
             hashes: HashGate::new(cores, config.auth.max_queued_hashes),
@@ -113,15 +118,14 @@ impl AppState {
         self.read(f, false).await
     }
 
-    /// Like [`AppState::db`], for a read that may take long (a page of
-    /// users): reads queued while it runs do not wait for its thread.
+    /// Like [`AppState::db_with`], for a read that may take long (a page
+    /// of users): reads queued while it runs do not wait for its thread.
     pub async fn db_long<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
         T: Send + 'static,
     {
-        self.read(move |conn| f(conn).map_err(ApiError::from), true)
-            .await
+        self.read(f, true).await
     }
 
     async fn read<T, F>(&self, f: F, long: bool) -> Result<T, ApiError>

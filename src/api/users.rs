@@ -21,6 +21,7 @@ use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, UserView,
     parse_user_body, timestamp_now,
 };
+use crate::state::Page;
 use warp::http::HeaderValue;
 
 /// A path segment naming one user: anything but `me`, which has its own
@@ -64,7 +65,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     // GET /api/users
     let list = list_path()
         .and(get_or_head())
-        .and(auth())
+        .and(bearer())
         .and(warp::query::<Vec<(String, String)>>())
         .and(state_())
         .then(list)
@@ -321,27 +322,51 @@ fn link_header(kept: &[(String, String)], limit: i64, offset: i64, total: i64) -
         (status = 400, description = "A bad query parameter", body = super::openapi::FieldErrors),
     ))]
 async fn list(
-    _caller: Caller,
+    bearer: Bearer,
     pairs: Vec<(String, String)>,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let params = parse_list_params(pairs)?;
+    let params = match parse_list_params(pairs) {
+        Ok(params) => params,
+        Err(bad) => {
+            // The caller is checked first, as DRF authenticates before
+            // the view reads its parameters.
+            state.db_with(move |conn| authorize(conn, &bearer)).await?;
+            return Err(bad);
+        }
+    };
     let Some((limit, offset)) = params.page else {
+        state.db_with(move |conn| authorize(conn, &bearer)).await?;
         return Ok(stream_all(state, params.query));
     };
-    let query = params.query;
-    let seek = state.id_seek.clone();
-    // The page is rendered on the reader thread straight from the rows.
-    let (body, total) = state
+    let key = (params.query, limit, offset);
+    let shared = state.clone();
+    // The caller's check and the page in one read transaction on a reader
+    // thread; the page is rendered there straight from the rows, or taken
+    // from the page cache when no user changed since it was rendered.
+    let page = state
         .db_long(move |conn| {
-            let mut body = JsonArray::new(usize::try_from(limit).unwrap_or(0).min(1_000));
-            db::users::page_each(conn, &query, limit, offset, &seek, |user| body.push(user))?;
+            authorize(conn, &bearer)?;
+            let changes = db::users::changes(conn)?;
+            if let Some(page) = shared.pages.get(changes, &key) {
+                return Ok(page);
+            }
+            let (query, limit, offset) = &key;
+            let mut body = JsonArray::new(usize::try_from(*limit).unwrap_or(0).min(1_000));
+            db::users::page_each(conn, query, *limit, *offset, &shared.id_seek, |user| {
+                body.push(user)
+            })?;
             body.close();
-            let total = db::users::count(conn, &query)?;
-            Ok((body.take(0), total))
+            let page = Page {
+                body: body.take(0).into(),
+                total: db::users::count(conn, query)?,
+            };
+            shared.pages.put(changes, key, page.clone());
+            Ok(page)
         })
         .await?;
-    let mut response = json_typed(Response::new(body.into()));
+    let total = page.total;
+    let mut response = json_typed(Response::new(page.body.into()));
     let headers = response.headers_mut();
     headers.insert("x-total-count", total.into());
     if let Some(link) = link_header(&params.kept, limit, offset, total)

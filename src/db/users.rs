@@ -176,7 +176,7 @@ pub fn taken(
 }
 
 /// A column GET /api/users can be ordered by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SortColumn {
     /// `id`
     Id,
@@ -226,7 +226,7 @@ impl SortColumn {
 }
 
 /// Filters and order of a user listing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListQuery {
     /// Case-insensitive substring of username or email.
     pub search: Option<String>,
@@ -440,6 +440,14 @@ pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
 fn meta(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.prepare_cached("SELECT users, reorders FROM users_meta WHERE only = 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+}
+
+/// `users_meta.changes`: bumped by every insert, update and delete of a
+/// user (by triggers, whoever writes), so two reads that find the same
+/// value saw the same users. Call inside a read transaction.
+pub fn changes(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT changes FROM users_meta WHERE only = 1")?
+        .query_row([], |row| row.get(0))
 }
 
 /// Seek points for deep pages in id order: the id at every

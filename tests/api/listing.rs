@@ -632,3 +632,83 @@ async fn deep_pages_by_id_stay_right_across_deletes_and_registrations() {
     all.push(expect_json(app.get_user(id, &token).await, StatusCode::OK).await);
     check(all).await;
 }
+
+/// Pages are kept in memory once rendered (see the README): asked again, a
+/// page must follow every change to users, whoever makes it — the API, or
+/// another connection to the file (the command line, other tools).
+#[tokio::test]
+async fn a_page_asked_again_follows_every_change_to_users() {
+    let (app, token, all) = seeded(30).await;
+    let caller = all.last().expect("the caller")["id"].as_i64().expect("id");
+    let path = users_path(&[("limit", "10"), ("ordering", "-id")]);
+    // The page against the whole listing (streamed, never kept) of now.
+    let check = async |what: &str| {
+        let page = app.list_users(&token, &path).await;
+        assert_eq!(page.status, StatusCode::OK, "{what}: {}", page.body);
+        let all = streamed(&app, &token, &[("ordering", "-id")]).await;
+        assert_eq!(page.body, json!(all[..10]), "{what}");
+        assert_eq!(page.total, Some(all.len() as i64), "{what}");
+        page
+    };
+
+    let first = check("first").await;
+    let again = check("again").await;
+    assert_eq!(
+        (again.body, again.total, again.links),
+        (first.body, first.total, first.links)
+    );
+
+    let patched = json!({"status": "busy", "level": 4});
+    expect_json(
+        app.patch_user(caller, &token, &patched).await,
+        StatusCode::OK,
+    )
+    .await;
+    let page = check("after a PATCH").await;
+    assert_eq!(
+        (
+            page.body[0]["status"].clone(),
+            page.body[0]["level"].clone()
+        ),
+        (json!("busy"), json!(4))
+    );
+
+    let db = app.db();
+    db.execute("UPDATE users SET level = 6 WHERE id = ?1", [caller - 3])
+        .expect("update");
+    let page = check("after an UPDATE elsewhere").await;
+    assert_eq!(page.body[3]["level"], 6);
+
+    let added = app.seed_users(&[named("zed", "zed@example.com")]);
+    let page = check("after an INSERT elsewhere").await;
+    assert_eq!(page.body[0], added[0]);
+
+    db.execute("DELETE FROM users WHERE id = ?1", [caller - 1])
+        .expect("delete");
+    let page = check("after a DELETE elsewhere").await;
+    assert!(!page.ids().contains(&(caller - 1)));
+}
+
+/// A page served from memory still checks its caller on every request,
+/// before its parameters, as DRF authenticates before the view runs.
+#[tokio::test]
+async fn a_kept_page_still_checks_its_caller_first() {
+    let (app, token, _) = seeded(5).await;
+    let path = users_path(&[("limit", "3")]);
+    let page = app.list_users(&token, &path).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+
+    // Validly signed, but its user does not exist.
+    let mut ghost = crate::helpers::claims(&token);
+    ghost["user_id"] = json!("999999");
+    let ghost = crate::helpers::forge(&ghost, crate::helpers::SECRET);
+    let before = app.db_snapshot();
+    for path in [path.as_str(), "/api/users?limit=0", "/api/users"] {
+        let resp = app.send(Method::GET, path, Some(&ghost), None).await;
+        crate::helpers::assert_user_not_found(resp).await;
+    }
+    assert_eq!(app.db_snapshot(), before);
+
+    let again = app.list_users(&token, &path).await;
+    assert_eq!((again.status, again.body), (StatusCode::OK, page.body));
+}
