@@ -243,6 +243,9 @@ TARGETS = {
     "update": ("sqlite", 0.80),
     "list_1k": ("hello", None),
     "list_page": ("hello", 0.25),
+    # Every request a different page: none is served from the pages the
+    # server keeps in memory.
+    "list_page_walk": ("hello", None),
     # The endpoint's own work alone (examples/floor.rs): no target, it
     # shows the most the endpoint could reach on this stack.
     "core_get_user": ("hello", None),
@@ -317,6 +320,7 @@ def cmd_report(results, json_path):
 
     scenario_names = ["get_user", "refresh", "login", "register", "update", "list_1k"]
     scenario_names += [f"list_page@{o}" for o in settings["list_page_offsets"]]
+    scenario_names += ["list_page_walk"]
     scenario_names += ["core_get_user", "core_refresh"]
     scenario_names += [f"core_list_page@{o}" for o in settings["list_page_offsets"]]
     for name in scenario_names:
@@ -340,7 +344,9 @@ def cmd_report(results, json_path):
             notes.append(f"{socket_errors} socket errors/timeouts")
         if base == "list_page" and facts.get("list_page_pending"):
             notes.append("pending: limit/offset")
-        if base in ("list_page", "core_list_page"):
+        if base == "list_page_walk":
+            notes.append("each request the next page, none kept in memory")
+        if base in ("list_page", "list_page_walk", "core_list_page"):
             notes.append(f"{settings['list_page_users']:,} users")
         if base.startswith("core_"):
             notes.append("examples/floor.rs: the endpoint's own work, nothing around it")

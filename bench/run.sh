@@ -235,6 +235,9 @@ for round in $(seq 1 "$ROUNDS"); do
             BENCH_ACCESS="$LACCESS" BENCH_OFFSET="$off"
         log "  list_page@$off: $(one_line "$RESULTS/list_page@$off.$R.wrk")"
     done
+    run_wrk "$RESULTS/list_page_walk.$R.wrk" "$PORT_list" list_page_walk.lua "" "" \
+        BENCH_ACCESS="$LACCESS" BENCH_USERS="$LIST_USERS"
+    log "  list_page_walk: $(one_line "$RESULTS/list_page_walk.$R.wrk")"
     run_wrk "$RESULTS/core_list_page@$LIST_MIDDLE.$R.wrk" "$PORT_floor_list" list_page.lua "" "" \
         BENCH_ACCESS="$LACCESS" BENCH_OFFSET="$LIST_MIDDLE"
     log "  core_list_page@$LIST_MIDDLE: $(one_line "$RESULTS/core_list_page@$LIST_MIDDLE.$R.wrk")"
