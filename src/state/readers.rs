@@ -5,8 +5,8 @@
 //! blocking thread, and its park again afterwards, on every request).
 //! These threads take jobs from one shared queue and run each with a
 //! pooled connection; a thread takes the next job without parking while
-//! the queue is not empty, and a parked one is woken only when the awake
-//! ones have more queued than they can take next (see [`super::queue`]),
+//! the queue is not empty, and a parked one is woken only when no awake
+//! one can take the job or a deep backlog waits (see [`super::queue`]),
 //! so under load most jobs need no wake-up. A page of users is queued as
 //! a long job, which no other read waits behind.
 //! (Measured: running the reads on the async workers themselves was
