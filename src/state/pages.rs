@@ -57,32 +57,25 @@ impl PageCache {
     /// A body longer than this is not kept (it would push out many pages).
     pub const MAX_PAGE_BYTES: usize = Self::MAX_BYTES / 8;
 
-    /// The page kept for `key`, if it was rendered at `changes`.
+    /// The page kept for `key`, if it was rendered at `changes`. A read
+    /// at another `changes` than the kept pages' drops them all.
     pub fn get(&self, changes: i64, key: &PageKey) -> Option<Page> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.changes != changes {
-            return None;
-        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.restamp(changes);
         inner.pages.get(key).cloned()
     }
 
     /// Keeps `page`, rendered at `changes`, for `key`. A page rendered at
-    /// another `changes` than the kept ones replaces them all (the newer
-    /// read wins; a late older one is simply not kept).
+    /// another `changes` than the kept ones replaces them all: whichever
+    /// way the value moved (a read that began before a write and ends
+    /// after one that began later, or a database put back from a copy),
+    /// only pages of one value are ever kept.
     pub fn put(&self, changes: i64, key: PageKey, page: Page) {
         if page.body.len() > Self::MAX_PAGE_BYTES {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if changes < inner.changes {
-            return;
-        }
-        if changes != inner.changes {
-            inner.pages.clear();
-            inner.order.clear();
-            inner.bytes = 0;
-            inner.changes = changes;
-        }
+        inner.restamp(changes);
         if inner.pages.contains_key(&key) {
             return;
         }
@@ -99,6 +92,18 @@ impl PageCache {
         inner.bytes += page.body.len();
         inner.order.push_back(key.clone());
         inner.pages.insert(key, page);
+    }
+}
+
+impl Inner {
+    /// Drops every kept page unless they were rendered at `changes`.
+    fn restamp(&mut self, changes: i64) {
+        if changes != self.changes {
+            self.pages.clear();
+            self.order.clear();
+            self.bytes = 0;
+            self.changes = changes;
+        }
     }
 }
 
@@ -137,18 +142,29 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_page_drops_the_older_ones_and_an_older_one_is_not_kept() {
+    fn pages_of_one_changes_value_only_are_kept() {
         let cache = PageCache::default();
         cache.put(3, key(0), page(10, 7));
         cache.put(5, key(100), page(20, 8));
-        assert_eq!(cache.get(3, &key(0)), None);
         assert_eq!(cache.get(5, &key(0)), None);
         assert_eq!(cache.get(5, &key(100)), Some(page(20, 8)));
-        // A read that began before the change finishes late.
+        // A read that began before a change ends late: its page replaces
+        // the newer ones, and the next read at the newer value drops it.
         cache.put(4, key(0), page(10, 7));
+        assert_eq!(cache.inner.lock().unwrap().bytes, 10);
+        assert_eq!(cache.get(5, &key(100)), None);
         assert_eq!(cache.get(4, &key(0)), None);
-        assert_eq!(cache.get(5, &key(100)), Some(page(20, 8)));
-        assert_eq!(cache.inner.lock().unwrap().bytes, 20);
+        // The value went back (a database put back from a copy) and then
+        // forward again: nothing of before survives the read that saw it
+        // go back.
+        cache.put(9, key(0), page(10, 1));
+        assert_eq!(cache.get(2, &key(0)), None);
+        assert_eq!(cache.get(9, &key(0)), None);
+        let inner = cache.inner.lock().unwrap();
+        assert_eq!(
+            (inner.bytes, inner.order.len(), inner.pages.len()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
