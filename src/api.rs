@@ -63,9 +63,17 @@ fn log_request(info: warp::log::Info<'_>) {
         method = %info.method(),
         path = info.path(),
         status = info.status().as_u16(),
-        ms = format!("{:.1}", info.elapsed().as_secs_f64() * 1000.0),
+        ms = millis(info.elapsed()),
         "request"
     );
+}
+
+/// `elapsed` in milliseconds to one decimal, rounded half up (`"0.7"`).
+fn millis(elapsed: std::time::Duration) -> String {
+    // Integers: a float formatted to a precision costs more than the
+    // rest of the line's fields.
+    let tenths = (elapsed.as_nanos() + 50_000) / 100_000;
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 /// GET /api/health and GET /api/openapi.json
@@ -120,6 +128,30 @@ async fn health_check(state: AppState) -> Response {
                 warp::http::StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "unavailable"}),
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn request_times_are_milliseconds_to_one_decimal() {
+        for (nanos, text) in [
+            (0, "0.0"),
+            (49_999, "0.0"),
+            (50_000, "0.1"),
+            (700_000, "0.7"),
+            (1_249_999, "1.2"),
+            (1_250_000, "1.3"),
+            (12_345_600_000, "12345.6"),
+        ] {
+            assert_eq!(
+                super::millis(Duration::from_nanos(nanos)),
+                text,
+                "{nanos} ns"
+            );
         }
     }
 }

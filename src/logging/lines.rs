@@ -104,13 +104,15 @@ fn format_line(
             style.dimmed(line, |line| write_timestamp(line, now))?;
             line.push(' ');
             style.paint(line, level_colour(meta.level()), |line| {
-                write!(line, "{:>5}", meta.level())
+                line.push_str(level_padded(meta.level()));
+                Ok(())
             })?;
             line.push(' ');
             if let Some(id) = request {
                 style.paint(line, BOLD, |line| line.write_str("request"))?;
                 style.paint(line, BOLD, |line| line.write_char('{'))?;
-                write!(line, "id={id}")?;
+                line.push_str("id=");
+                id.push_to(line);
                 style.paint(line, BOLD, |line| line.write_char('}'))?;
                 style.dimmed(line, |line| line.write_char(':'))?;
                 line.push(' ');
@@ -130,17 +132,19 @@ fn format_line(
         Format::Json => {
             line.push_str("{\"timestamp\":\"");
             write_timestamp(line, now)?;
-            write!(line, "\",\"level\":\"{}\"", meta.level())?;
+            line.push_str("\",\"level\":\"");
+            line.push_str(meta.level().as_str());
+            line.push('"');
             let mut fields = JsonFields { line };
             event.record(&mut fields);
             line.push_str(",\"target\":");
             json_string(line, meta.target());
             if let Some(id) = request {
-                write!(
-                    line,
-                    ",\"span\":{{\"id\":\"{id}\",\"name\":\"request\"}},\
-                     \"spans\":[{{\"id\":\"{id}\",\"name\":\"request\"}}]"
-                )?;
+                line.push_str(",\"span\":{\"id\":\"");
+                id.push_to(line);
+                line.push_str("\",\"name\":\"request\"},\"spans\":[{\"id\":\"");
+                id.push_to(line);
+                line.push_str("\",\"name\":\"request\"}]");
             }
             line.push('}');
         }
@@ -155,31 +159,45 @@ fn write_timestamp(line: &mut String, now: SystemTime) -> fmt::Result {
     let secs = since.as_secs();
     let (year, month, day) = civil_date(secs / 86_400);
     let of_day = secs % 86_400;
-    // Digit by digit: `write!` with widths costs more than the rest of
-    // the line.
-    for (value, width, after) in [
-        (year, 4, '-'),
-        (month, 2, '-'),
-        (day, 2, 'T'),
-        (of_day / 3600, 2, ':'),
-        (of_day / 60 % 60, 2, ':'),
-        (of_day % 60, 2, '.'),
-        (u64::from(since.subsec_micros()), 6, 'Z'),
+    // Digits into one fixed buffer, pushed once: `write!` with widths, or
+    // a push per digit, cost more than the rest of the line.
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    for (mut value, end) in [
+        (year % 10_000, 4),
+        (month, 7),
+        (day, 10),
+        (of_day / 3600, 13),
+        (of_day / 60 % 60, 16),
+        (of_day % 60, 19),
+        (u64::from(since.subsec_micros()), 26),
     ] {
-        push_digits(line, value, width);
-        line.push(after);
+        // Each value is below 10 to the power of its field's width.
+        let mut at = end;
+        while value > 0 && at > 0 {
+            at -= 1;
+            text[at] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
     }
+    if year >= 10_000 {
+        push_digits(line, year / 10_000, 1);
+    }
+    line.push_str(std::str::from_utf8(&text).unwrap_or_default());
     Ok(())
 }
 
 /// `value` in decimal, zero-padded to `width` digits (more if it needs).
-fn push_digits(line: &mut String, value: u64, width: u32) {
-    let mut digits = width.max(value.checked_ilog10().unwrap_or(0) + 1);
-    while digits > 0 {
-        digits -= 1;
-        let digit = value / 10u64.pow(digits) % 10;
-        line.push(char::from(b'0' + digit as u8));
+fn push_digits(line: &mut String, mut value: u64, width: u32) {
+    // u64::MAX has 20 digits.
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while value > 0 {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
     }
+    let start = start.min(digits.len().saturating_sub(width as usize));
+    line.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01
@@ -201,6 +219,17 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 const BOLD: &str = "1";
 const DIMMED: &str = "2";
 const ITALIC: &str = "3";
+
+/// The level as the text format shows it, right-aligned in five columns.
+fn level_padded(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => " INFO",
+        Level::WARN => " WARN",
+        _ => "ERROR",
+    }
+}
 
 fn level_colour(level: &Level) -> &'static str {
     match *level {
@@ -427,6 +456,36 @@ mod tests {
         let far = UNIX_EPOCH + Duration::new(253_402_300_800, 1_000);
         write_timestamp(&mut line, far).unwrap();
         assert_eq!(line, "10000-01-01T00:00:00.000001Z");
+    }
+
+    #[test]
+    fn digits_are_zero_padded_to_their_width_and_never_cut() {
+        for (value, width, text) in [
+            (0, 1, "0"),
+            (0, 4, "0000"),
+            (7, 2, "07"),
+            (2026, 4, "2026"),
+            (12_345, 2, "12345"),
+            (u64::MAX, 0, "18446744073709551615"),
+            (u64::MAX, 25, "18446744073709551615"),
+        ] {
+            let mut line = String::new();
+            push_digits(&mut line, value, width);
+            assert_eq!(line, text, "{value} in {width}");
+        }
+    }
+
+    #[test]
+    fn levels_are_right_aligned_in_five_columns() {
+        for level in [
+            Level::TRACE,
+            Level::DEBUG,
+            Level::INFO,
+            Level::WARN,
+            Level::ERROR,
+        ] {
+            assert_eq!(level_padded(&level), format!("{level:>5}"));
+        }
     }
 
     #[test]
