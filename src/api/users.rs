@@ -326,18 +326,18 @@ async fn list(
     pairs: Vec<(String, String)>,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let params = match parse_list_params(pairs) {
-        Ok(params) => params,
-        Err(bad) => {
-            // The caller is checked first, as DRF authenticates before
-            // the view reads its parameters.
-            state.db_with(move |conn| authorize(conn, &bearer)).await?;
-            return Err(bad);
-        }
-    };
-    let Some((limit, offset)) = params.page else {
+    let params = parse_list_params(pairs);
+    let Ok(
+        params @ ListParams {
+            page: Some((limit, offset)),
+            ..
+        },
+    ) = params
+    else {
+        // Not a page: the caller on its own read, checked before the
+        // parameters' 400, as DRF authenticates before the view runs.
         state.db_with(move |conn| authorize(conn, &bearer)).await?;
-        return Ok(stream_all(state, params.query));
+        return Ok(stream_all(state, params?.query));
     };
     let key = (params.query, limit, offset);
     let shared = state.clone();

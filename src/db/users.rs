@@ -428,26 +428,39 @@ fn each_row(
 pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
     let (conditions, params) = query.filters();
     if conditions.is_empty() {
-        return Ok(meta(conn)?.0);
+        return Ok(meta(conn)?.users);
     }
     let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
     conn.prepare_cached(&sql)?
         .query_row(rusqlite::params_from_iter(params), |row| row.get(0))
 }
 
-/// `users_meta`: (how many users, how many times users changed places in
-/// id order).
-fn meta(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.prepare_cached("SELECT users, reorders FROM users_meta WHERE only = 1")?
-        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+/// The one row of `users_meta`, kept exact by triggers for every writer.
+struct Meta {
+    /// How many users there are.
+    users: i64,
+    /// How many times users changed places in id order.
+    reorders: i64,
+    /// Bumped by every insert, update and delete of a user.
+    changes: i64,
+}
+
+fn meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    conn.prepare_cached("SELECT users, reorders, changes FROM users_meta WHERE only = 1")?
+        .query_row([], |row| {
+            Ok(Meta {
+                users: row.get(0)?,
+                reorders: row.get(1)?,
+                changes: row.get(2)?,
+            })
+        })
 }
 
 /// `users_meta.changes`: bumped by every insert, update and delete of a
 /// user (by triggers, whoever writes), so two reads that find the same
 /// value saw the same users. Call inside a read transaction.
 pub fn changes(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("SELECT changes FROM users_meta WHERE only = 1")?
-        .query_row([], |row| row.get(0))
+    Ok(meta(conn)?.changes)
 }
 
 /// Seek points for deep pages in id order: the id at every
@@ -483,7 +496,9 @@ impl IdSeek {
         offset: i64,
         descending: bool,
     ) -> rusqlite::Result<Option<i64>> {
-        let (users, reorders) = meta(conn)?;
+        let Meta {
+            users, reorders, ..
+        } = meta(conn)?;
         let position = if descending {
             users - 1 - offset
         } else {
