@@ -183,8 +183,9 @@ impl<J> JobQueue<J> {
     }
 
     /// Up to `max` (at least one) jobs, in order, waiting for the first;
-    /// `None` once the queue is closed and empty. `done_long` is how many
-    /// long jobs the calling thread took last time, now done.
+    /// `None` once the queue is closed and empty. A long job is taken
+    /// alone, so the jobs taken with it never wait for it. `done_long` is
+    /// how many long jobs the calling thread took last time, now done.
     pub fn take(&self, max: usize, done_long: usize) -> Option<Taken<J>> {
         let mut inner = self.lock();
         inner.long = inner.long.saturating_sub(done_long);
@@ -202,7 +203,11 @@ impl<J> JobQueue<J> {
                 inner.parked = inner.parked.saturating_sub(1);
             }
         }
-        let n = inner.jobs.len().min(max.max(1));
+        let n = match inner.jobs.iter().position(|(_, long)| *long) {
+            Some(0) => 1,
+            Some(first_long) => first_long.min(max.max(1)),
+            None => inner.jobs.len().min(max.max(1)),
+        };
         let mut taken = Taken {
             jobs: Vec::with_capacity(n),
             long: 0,
@@ -240,7 +245,10 @@ mod tests {
             queue.push(n, n == 1);
         }
         let first = queue.take(2, 0).unwrap();
-        assert_eq!((first.jobs, first.long), (vec![0, 1], 1));
+        assert_eq!((first.jobs, first.long), (vec![0], 0));
+        // A long job is taken alone, whatever the batch size.
+        let second = queue.take(10, 0).unwrap();
+        assert_eq!((second.jobs, second.long), (vec![1], 1));
         assert_eq!(jobs(queue.take(0, 1)), Some(vec![2]));
         queue.close();
         assert_eq!(jobs(queue.take(10, 0)), Some(vec![3, 4]));
