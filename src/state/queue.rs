@@ -203,10 +203,11 @@ impl<J> JobQueue<J> {
                 inner.parked = inner.parked.saturating_sub(1);
             }
         }
-        let n = match inner.jobs.iter().position(|(_, long)| *long) {
+        let max = max.max(1);
+        let n = match inner.jobs.iter().take(max).position(|(_, long)| *long) {
             Some(0) => 1,
-            Some(first_long) => first_long.min(max.max(1)),
-            None => inner.jobs.len().min(max.max(1)),
+            Some(first_long) => first_long,
+            None => inner.jobs.len().min(max),
         };
         let mut taken = Taken {
             jobs: Vec::with_capacity(n),
