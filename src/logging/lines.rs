@@ -162,7 +162,7 @@ fn write_timestamp(line: &mut String, now: SystemTime) -> fmt::Result {
     // Digits into one fixed buffer, pushed once: `write!` with widths, or
     // a push per digit, cost more than the rest of the line.
     let mut text = *b"0000-00-00T00:00:00.000000Z";
-    for (mut value, end) in [
+    for (value, end) in [
         (year % 10_000, 4),
         (month, 7),
         (day, 10),
@@ -172,12 +172,7 @@ fn write_timestamp(line: &mut String, now: SystemTime) -> fmt::Result {
         (u64::from(since.subsec_micros()), 26),
     ] {
         // Each value is below 10 to the power of its field's width.
-        let mut at = end;
-        while value > 0 && at > 0 {
-            at -= 1;
-            text[at] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
+        fill_digits(&mut text[..end], value);
     }
     if year >= 10_000 {
         push_digits(line, year / 10_000, 1);
@@ -187,17 +182,25 @@ fn write_timestamp(line: &mut String, now: SystemTime) -> fmt::Result {
 }
 
 /// `value` in decimal, zero-padded to `width` digits (more if it needs).
-fn push_digits(line: &mut String, mut value: u64, width: u32) {
+fn push_digits(line: &mut String, value: u64, width: u32) {
     // u64::MAX has 20 digits.
     let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    while value > 0 {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
+    let start = fill_digits(&mut digits, value);
     let start = start.min(digits.len().saturating_sub(width as usize));
     line.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+}
+
+/// Writes `value`'s decimal digits at the end of `slot` (which holds
+/// `'0'`s), as many as fit; returns where its first non-zero digit is
+/// (`slot.len()` for 0).
+fn fill_digits(slot: &mut [u8], mut value: u64) -> usize {
+    let mut at = slot.len();
+    while value > 0 && at > 0 {
+        at -= 1;
+        slot[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    at
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01
