@@ -3,6 +3,7 @@
 
 pub mod tokens;
 pub mod users;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -15,9 +15,11 @@ use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
 
+mod known;
 mod pages;
 mod queue;
 mod readers;
+pub use known::{Kept, Known};
 pub use pages::{Page, PageCache};
 mod writer;
 use readers::Readers;
@@ -49,6 +51,9 @@ pub struct Shared {
     pub id_seek: Arc<db::users::IdSeek>,
     /// Rendered pages of the user list (see [`pages`]).
     pub pages: Arc<PageCache>,
+    /// Users and tokens as last read, while the database is unchanged
+    /// (see [`known`]).
+    pub known: Known,
     /// The threads that run reads (see [`readers`]).
     readers: Readers,
 }
@@ -73,7 +78,7 @@ impl AppState {
             .context("no database path configured (database.path / ROSTERD_DB / --db)")?;
         let pool = db::open_limited(
             &db::Options {
-                path,
+                path: path.clone(),
                 busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
                 pool_size: config.database.pool_size,
             },
@@ -83,8 +88,17 @@ impl AppState {
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
         let readers = readers::start(&pool, cores.min(config.database.pool_size as usize))
             .context("cannot start the database reader threads")?;
+        // Without the watch every read goes to SQLite, as it would anyway.
+        let watch = match db::watch::Watch::open(&path) {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the database for changes: no reads kept");
+                None
+            }
+        };
         Ok(AppState(Arc::new(Shared {
             readers,
+            known: Known::new(watch),
             id_seek: Arc::default(),
             pages: Arc::default(),
             pool,

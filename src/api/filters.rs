@@ -207,6 +207,13 @@ pub struct Bearer {
     claims: crate::auth::jwt::Claims,
 }
 
+impl Bearer {
+    /// The token's user id, checked as [`authorize`] checks it first.
+    pub fn user_id(&self) -> Result<i64, ApiError> {
+        self.claims.user_id().ok_or(ApiError::UserNotFound)
+    }
+}
+
 /// Requires `Authorization: Bearer <access token>` with a valid signature,
 /// type and expiry; the user is checked by [`authorize`].
 pub fn bearer(state: AppState) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
@@ -234,18 +241,27 @@ fn decode_bearer(
 /// is active, and the token is not void since a logout-all or password
 /// change. Runs on the blocking pool, inside the handler's task.
 pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller, ApiError> {
-    let id = bearer.claims.user_id().ok_or(ApiError::UserNotFound)?;
-    let user = crate::db::users::auth_state(conn, id)?.ok_or(ApiError::UserNotFound)?;
-    if bearer.claims.is_void(user.tokens_valid_after) {
-        return Err(ApiError::InvalidAccessToken(
-            crate::auth::jwt::TokenError::Blacklisted,
-        ));
-    }
+    let id = bearer.user_id()?;
+    let user = crate::db::users::auth_state(conn, id)?;
+    admit(bearer, user.as_ref())?;
+    let user = user.ok_or(ApiError::UserNotFound)?;
     Ok(Caller {
         id,
         username: user.username,
         is_staff: user.is_staff,
     })
+}
+
+/// [`authorize`]'s checks on the auth state read for the token's user
+/// (`None`: missing or inactive).
+pub fn admit(bearer: &Bearer, user: Option<&crate::db::users::AuthState>) -> Result<(), ApiError> {
+    let user = user.ok_or(ApiError::UserNotFound)?;
+    if bearer.claims.is_void(user.tokens_valid_after) {
+        return Err(ApiError::InvalidAccessToken(
+            crate::auth::jwt::TokenError::Blacklisted,
+        ));
+    }
+    Ok(())
 }
 
 /// Authenticates the request's `Authorization` header (see

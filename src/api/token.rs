@@ -220,22 +220,64 @@ pub async fn checked_refresh(
         .decode(token, TokenType::Refresh)
         .map_err(ApiError::InvalidToken)?;
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
+    // While the database is unchanged, what was read last time still holds
+    // (see `crate::state::Known`).
+    let stamp = state.known.stamp();
+    if let Some(stamp) = &stamp {
+        let known = state.known.look(stamp, |kept| {
+            let valid_after = kept.auth.get(&id)?.as_ref().map(|u| u.tokens_valid_after);
+            let revoked = if check_blacklist {
+                *kept.revoked.get(&claims.jti)?
+            } else {
+                false
+            };
+            Some((valid_after, revoked))
+        });
+        if let Some((valid_after, revoked)) = known {
+            return refresh_checks(claims, valid_after, revoked);
+        }
+    }
     let jti = claims.jti.clone();
     let (user, revoked) = state
         .db(move |conn| {
             let user = db::users::auth_state(conn, id)?;
-            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti)?;
+            let revoked = if check_blacklist {
+                Some(db::tokens::is_revoked(conn, &jti)?)
+            } else {
+                None
+            };
             Ok((user, revoked))
         })
         .await?;
+    let valid_after = user.as_ref().map(|u| u.tokens_valid_after);
+    if let Some(stamp) = stamp {
+        let jti = claims.jti.clone();
+        state.known.keep(stamp, |kept| {
+            kept.auth.insert(id, user);
+            if let Some(revoked) = revoked {
+                kept.revoked.insert(jti, revoked);
+            }
+        });
+    }
+    refresh_checks(claims, valid_after, revoked.unwrap_or(false))
+}
+
+/// [`checked_refresh`]'s verdict on what was read: the user's
+/// `tokens_valid_after` (`None`: missing or inactive) and whether the
+/// token is blacklisted.
+fn refresh_checks(
+    claims: Claims,
+    valid_after: Option<i64>,
+    revoked: bool,
+) -> Result<(Claims, i64), ApiError> {
     if revoked {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }
-    let user = user.ok_or(ApiError::NoActiveAccountForToken)?;
-    if claims.is_void(user.tokens_valid_after) {
+    let valid_after = valid_after.ok_or(ApiError::NoActiveAccountForToken)?;
+    if claims.is_void(valid_after) {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }
-    Ok((claims, user.tokens_valid_after))
+    Ok((claims, valid_after))
 }
 
 /// A new access token (and, with rotation, a new refresh token).

@@ -2,6 +2,8 @@
 
 use std::str::FromStr;
 
+use bytes::Bytes;
+
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -9,7 +11,7 @@ use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, ResultExt};
 use super::filters::{
-    self, Bearer, Caller, RawBody, authenticated, authorize, client_address, get_or_head,
+    self, Bearer, Caller, RawBody, admit, authenticated, authorize, client_address, get_or_head,
     with_state,
 };
 use super::token::{MAX_PASSWORD_BYTES, text_fields};
@@ -488,13 +490,8 @@ impl JsonArray {
     security(("jwt" = [])),
     responses((status = 200, description = "The caller", body = User)))]
 async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
-    let user = state
-        .db_with(move |conn| {
-            let caller = authorize(conn, &bearer)?;
-            db::users::by_id(conn, caller.id)?.ok_or(ApiError::UserNotFound)
-        })
-        .await?;
-    Ok(user_reply(StatusCode::OK, &user.user))
+    let caller = bearer.user_id()?;
+    read_user(bearer, caller, Ok(caller), ApiError::UserNotFound, &state).await
 }
 
 /// One user.
@@ -506,13 +503,68 @@ async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
         (status = 404, description = "No such user", body = super::openapi::Detail),
     ))]
 async fn get_user(user: UserRef, bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
-    let account = state
-        .db_with(move |conn| {
-            authorize(conn, &bearer)?;
-            db::users::by_id(conn, user.id()?)?.ok_or(ApiError::NotFound)
+    let caller = bearer.user_id()?;
+    read_user(bearer, caller, user.id(), ApiError::NotFound, &state).await
+}
+
+/// The user `target` as the token's user `caller` may see it: checked as
+/// [`authorize`] does, then the user's JSON (`missing` when there is no
+/// such user). Answered from what is known while the database is
+/// unchanged ([`crate::state::Known`]), else read and kept.
+async fn read_user(
+    bearer: Bearer,
+    caller: i64,
+    target: Result<i64, ApiError>,
+    missing: ApiError,
+    state: &AppState,
+) -> Result<Response, ApiError> {
+    let stamp = state.known.stamp();
+    if let (Some(stamp), Ok(id)) = (&stamp, &target) {
+        let known = state.known.look(stamp, |kept| {
+            let auth = kept.auth.get(&caller)?;
+            let user = kept.users.get(id)?;
+            Some(admit(&bearer, auth.as_ref()).map(|()| user.clone()))
+        });
+        if let Some(user) = known {
+            return user?.map(json_user).ok_or(missing);
+        }
+    }
+    let id = target.as_ref().ok().copied();
+    let (auth, account) = state
+        .db(move |conn| {
+            let auth = db::users::auth_state(conn, caller)?;
+            let account = match id {
+                Some(id) => db::users::by_id(conn, id)?,
+                None => None,
+            };
+            Ok((auth, account))
         })
         .await?;
-    Ok(user_reply(StatusCode::OK, &account.user))
+    let checked = admit(&bearer, auth.as_ref());
+    let user = match account {
+        Some(account) => Some(Bytes::from(user_json(&account.user)?)),
+        None => None,
+    };
+    if let (Some(stamp), Some(id)) = (stamp, id) {
+        let user = user.clone();
+        state.known.keep(stamp, |kept| {
+            kept.auth.insert(caller, auth);
+            kept.users.insert(id, user);
+        });
+    }
+    checked?;
+    target?;
+    user.map(json_user).ok_or(missing)
+}
+
+/// A user's JSON, as [`user_reply`] writes it.
+fn user_json(user: &User) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(user).map_err(|err| ApiError::Internal(err.into()))
+}
+
+/// 200 with a user's JSON.
+fn json_user(body: Bytes) -> Response {
+    json_typed(Response::new(body.into()))
 }
 
 /// Replaces the writable fields; `username` and `email` are required.

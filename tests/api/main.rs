@@ -8,6 +8,7 @@ mod crash;
 mod errors;
 mod health;
 mod helpers;
+mod kept;
 mod lifecycle;
 mod listing;
 mod operations;
