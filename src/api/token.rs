@@ -222,21 +222,18 @@ pub async fn checked_refresh(
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
     // While the database is unchanged, what was read last time still holds
     // (see `crate::state::Known`).
-    let stamp = state.known.stamp();
-    if let Some(stamp) = &stamp {
-        let known = state.known.look(stamp, |kept| {
-            let valid_after = kept.auth.get(&id)?.as_ref().map(|u| u.tokens_valid_after);
-            let revoked = if check_blacklist {
-                *kept.revoked.get(&claims.jti)?
-            } else {
-                false
-            };
-            Some((valid_after, revoked))
-        });
-        if let Some((valid_after, revoked)) = known {
-            return refresh_checks(claims, valid_after, revoked);
-        }
-    }
+    let at = match state.known.look(|kept| {
+        let valid_after = kept.auth.get(&id)?.as_ref().map(|u| u.tokens_valid_after);
+        let revoked = if check_blacklist {
+            *kept.revoked.get(&claims.jti)?
+        } else {
+            false
+        };
+        Some((valid_after, revoked))
+    }) {
+        Ok((valid_after, revoked)) => return refresh_checks(claims, valid_after, revoked),
+        Err(at) => at,
+    };
     let jti = claims.jti.clone();
     let (user, revoked) = state
         .db(move |conn| {
@@ -250,15 +247,12 @@ pub async fn checked_refresh(
         })
         .await?;
     let valid_after = user.as_ref().map(|u| u.tokens_valid_after);
-    if let Some(stamp) = stamp {
-        let jti = claims.jti.clone();
-        state.known.keep(stamp, |kept| {
-            kept.auth.insert(id, user);
-            if let Some(revoked) = revoked {
-                kept.revoked.insert(jti, revoked);
-            }
-        });
-    }
+    state.known.keep(at, |kept| {
+        kept.auth.insert(id, user);
+        if let Some(revoked) = revoked {
+            kept.revoked.insert(claims.jti.clone(), revoked);
+        }
+    });
     refresh_checks(claims, valid_after, revoked.unwrap_or(false))
 }
 

@@ -518,18 +518,15 @@ async fn read_user(
     missing: ApiError,
     state: &AppState,
 ) -> Result<Response, ApiError> {
-    let stamp = state.known.stamp();
-    if let (Some(stamp), Ok(id)) = (&stamp, &target) {
-        let known = state.known.look(stamp, |kept| {
-            let auth = kept.auth.get(&caller)?;
-            let user = kept.users.get(id)?;
-            Some(admit(&bearer, auth.as_ref()).map(|()| user.clone()))
-        });
-        if let Some(user) = known {
-            return user?.map(json_user).ok_or(missing);
-        }
-    }
     let id = target.as_ref().ok().copied();
+    let at = match state.known.look(|kept| {
+        let auth = kept.auth.get(&caller)?;
+        let user = kept.users.get(&id?)?;
+        Some(admit(&bearer, auth.as_ref()).map(|()| user.clone()))
+    }) {
+        Ok(user) => return user?.map(json_user).ok_or(missing),
+        Err(at) => at,
+    };
     let (auth, account) = state
         .db(move |conn| {
             let auth = db::users::auth_state(conn, caller)?;
@@ -545,9 +542,9 @@ async fn read_user(
         Some(account) => Some(Bytes::from(user_json(&account.user)?)),
         None => None,
     };
-    if let (Some(stamp), Some(id)) = (stamp, id) {
+    if let Some(id) = id {
         let user = user.clone();
-        state.known.keep(stamp, |kept| {
+        state.known.keep(at, |kept| {
             kept.auth.insert(caller, auth);
             kept.users.insert(id, user);
         });

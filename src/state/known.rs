@@ -66,14 +66,20 @@ impl Known {
         }
     }
 
-    /// The database's stamp now: take it before queueing a read whose
-    /// results are to be kept.
-    pub fn stamp(&self) -> Option<Stamp> {
-        self.watch.as_ref()?.stamp()
+    /// What `look` finds among the reads kept at the database's stamp now;
+    /// on a miss, that stamp (`None` when it cannot be told), to [`keep`]
+    /// what a read queued after this call finds.
+    ///
+    /// [`keep`]: Known::keep
+    pub fn look<R>(&self, look: impl FnOnce(&Kept) -> Option<R>) -> Result<R, Option<Stamp>> {
+        let Some(stamp) = self.watch.as_ref().and_then(Watch::stamp) else {
+            return Err(None);
+        };
+        self.look_at(&stamp, look).ok_or(Some(stamp))
     }
 
     /// `look` at what is kept, if it was kept at `stamp`.
-    pub fn look<R>(&self, stamp: &Stamp, look: impl FnOnce(&Kept) -> Option<R>) -> Option<R> {
+    fn look_at<R>(&self, stamp: &Stamp, look: impl FnOnce(&Kept) -> Option<R>) -> Option<R> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match &inner.0 {
             Some(kept_at) if kept_at == stamp => look(&inner.1),
@@ -81,9 +87,11 @@ impl Known {
         }
     }
 
-    /// Keeps what a read queued after `stamp` was taken found (`keep`
-    /// adds it), dropping everything kept at another stamp.
-    pub fn keep(&self, stamp: Stamp, keep: impl FnOnce(&mut Kept)) {
+    /// Keeps what a read queued after [`Known::look`] answered `at` found
+    /// (`keep` adds it), dropping everything kept at another stamp; with
+    /// no stamp, keeps nothing.
+    pub fn keep(&self, at: Option<Stamp>, keep: impl FnOnce(&mut Kept)) {
+        let Some(stamp) = at else { return };
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.0 != Some(stamp) {
             inner.0 = Some(stamp);
@@ -110,27 +118,30 @@ mod tests {
     fn kept_reads_serve_only_their_own_stamp() {
         let known = Known::new(None);
         let (one, two) = ([1u8; 48], [2u8; 48]);
-        assert_eq!(known.look(&one, |k| k.auth.get(&1).cloned()), None);
-        known.keep(one, |k| {
+        assert_eq!(known.look_at(&one, |k| k.auth.get(&1).cloned()), None);
+        known.keep(Some(one), |k| {
             k.auth.insert(1, Some(auth(5)));
             k.auth.insert(2, None);
         });
         assert_eq!(
-            known.look(&one, |k| k.auth.get(&1).cloned()),
+            known.look_at(&one, |k| k.auth.get(&1).cloned()),
             Some(Some(auth(5)))
         );
-        assert_eq!(known.look(&one, |k| k.auth.get(&2).cloned()), Some(None));
-        assert_eq!(known.look(&one, |k| k.auth.get(&3).cloned()), None);
+        assert_eq!(known.look_at(&one, |k| k.auth.get(&2).cloned()), Some(None));
+        assert_eq!(known.look_at(&one, |k| k.auth.get(&3).cloned()), None);
         // Another stamp sees nothing, and keeping at it drops the rest.
-        assert_eq!(known.look(&two, |k| k.auth.get(&1).cloned()), None);
-        known.keep(two, |k| {
+        assert_eq!(known.look_at(&two, |k| k.auth.get(&1).cloned()), None);
+        known.keep(Some(two), |k| {
             k.users.insert(7, None);
         });
-        assert_eq!(known.look(&two, |k| k.auth.get(&1).cloned()), None);
-        assert_eq!(known.look(&two, |k| k.users.get(&7).cloned()), Some(None));
-        assert_eq!(known.look(&one, |k| k.users.get(&7).cloned()), None);
-        // No watch, no stamp.
-        assert_eq!(known.stamp(), None);
+        assert_eq!(known.look_at(&two, |k| k.auth.get(&1).cloned()), None);
+        assert_eq!(
+            known.look_at(&two, |k| k.users.get(&7).cloned()),
+            Some(None)
+        );
+        assert_eq!(known.look_at(&one, |k| k.users.get(&7).cloned()), None);
+        // No watch, no stamp: nothing found, nothing to keep at.
+        assert_eq!(known.look(|k| k.auth.get(&1).cloned()), Err(None));
     }
 
     #[test]
@@ -138,14 +149,14 @@ mod tests {
         let known = Known::new(None);
         let stamp = [3u8; 48];
         for id in 0..=MOST as i64 {
-            known.keep(stamp, |k| {
+            known.keep(Some(stamp), |k| {
                 k.users.insert(id, Some(Bytes::from_static(b"{}")));
             });
         }
-        assert_eq!(known.look(&stamp, |k| Some(k.users.len())), Some(0));
-        known.keep(stamp, |k| {
+        assert_eq!(known.look_at(&stamp, |k| Some(k.users.len())), Some(0));
+        known.keep(Some(stamp), |k| {
             k.users.insert(1, None);
         });
-        assert_eq!(known.look(&stamp, |k| Some(k.users.len())), Some(1));
+        assert_eq!(known.look_at(&stamp, |k| Some(k.users.len())), Some(1));
     }
 }
