@@ -12,6 +12,8 @@
 //! for the tokens checked here, the answer is the one `jsonwebtoken` would
 //! give, in the same order (unit tests hold the two to it).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -126,8 +128,18 @@ struct OwnClaims {
 /// as `jsonwebtoken` writes it, in base64url.
 const HEADER: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9";
 
+/// Tokens remembered as checked at most; past it, the memory starts again.
+const MOST_REMEMBERED: usize = 4096;
+
 /// Signing and verification keys with the configured lifetimes.
 pub struct Keys {
+    /// Tokens checked here, by their text, with their claims: everything
+    /// about them but the clock held when they were checked and holds for
+    /// as long as the secret does, so only the expiry is checked again. A
+    /// client sends one access token with every request of its lifetime
+    /// (and one refresh token with every refresh); checking it again each
+    /// time (base64, JSON, HMAC) cost about a twentieth of a request.
+    remembered: Mutex<HashMap<String, Claims>>,
     /// HMAC-SHA256 keyed with the secret; cloned for each token.
     mac: Hmac<Sha256>,
     decoding: DecodingKey,
@@ -202,6 +214,7 @@ impl Keys {
         }
         validation.set_required_spec_claims(&required);
         Keys {
+            remembered: Mutex::new(HashMap::new()),
             // HMAC takes a key of any length.
             mac: Hmac::<Sha256>::new_from_slice(secret)
                 .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
@@ -275,18 +288,48 @@ impl Keys {
 
     /// Verifies `token` as a token of either type.
     pub fn decode_any(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = match self.decode_own(token) {
-            Some(checked) => checked?,
-            None => self.decode_other(token)?,
-        };
-        Self::well_formed(claims)
+        self.decode_any_at(token, now())
+    }
+
+    /// [`Keys::decode_any`] at `now`, for tokens checked here.
+    fn decode_any_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.recall(token) {
+            return self.validate(claims, now);
+        }
+        match self.decode_own(token, now) {
+            Some(checked) => {
+                let claims = Self::well_formed(checked?)?;
+                self.remember(token, &claims);
+                Ok(claims)
+            }
+            None => Self::well_formed(self.decode_other(token)?),
+        }
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claims>> {
+        // Nothing can panic under this lock; a poisoned map is still whole.
+        self.remembered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claims of `token` if it passed every check here before.
+    fn recall(&self, token: &str) -> Option<Claims> {
+        self.remembered().get(token).cloned()
+    }
+
+    /// Remembers `token`, which passed every check here, with its claims.
+    fn remember(&self, token: &str, claims: &Claims) {
+        let mut remembered = self.remembered();
+        if remembered.len() >= MOST_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(token.to_owned(), claims.clone());
     }
 
     /// A token signed as [`Keys::sign`] signs: its header, a valid
     /// signature, and claims of [`OwnClaims`] only, checked as
     /// `jsonwebtoken` checks them with `self.validation`. `None` for any
     /// other token, whose answer is `jsonwebtoken`'s.
-    fn decode_own(&self, token: &str) -> Option<Result<Claims, TokenError>> {
+    fn decode_own(&self, token: &str, now: u64) -> Option<Result<Claims, TokenError>> {
         // Split as jsonwebtoken splits: the signature after the last dot,
         // the claims after the one before.
         let (message, signature) = token.rsplit_once('.')?;
@@ -313,18 +356,17 @@ impl Keys {
             iss: own.iss,
             aud: own.aud,
         };
-        Some(self.validate(claims))
+        Some(self.validate(claims, now))
     }
 
     /// `jsonwebtoken`'s checks of `self.validation`, in its order, then
     /// simplejwt's expiry (`exp` now or past), for claims without `nbf`.
-    fn validate(&self, claims: Claims) -> Result<Claims, TokenError> {
+    fn validate(&self, claims: Claims, now: u64) -> Result<Claims, TokenError> {
         let missing =
             |wanted: &Option<String>, got: &Option<String>| wanted.is_some() && got.is_none();
         if missing(&self.issuer, &claims.iss) || missing(&self.audience, &claims.aud) {
             return Err(TokenError::Invalid);
         }
-        let now = now();
         if claims.exp < now {
             return Err(TokenError::Expired);
         }
@@ -464,15 +506,18 @@ mod tests {
             tampered.insert(HEADER.len() + 3, 'x');
             for keys in [&plain, &strict] {
                 for token in [&token, &tampered] {
-                    if let Some(own) = keys.decode_own(token) {
+                    if let Some(own) = keys.decode_own(token, now()) {
                         checked_here += 1;
                         assert_eq!(own, keys.decode_other(token), "{claims}");
                     }
-                    assert_eq!(
-                        keys.decode_any(token),
-                        keys.decode_other(token).and_then(Keys::well_formed),
-                        "{claims}"
-                    );
+                    // Twice: the second answer may come from memory.
+                    for _ in 0..2 {
+                        assert_eq!(
+                            keys.decode_any(token),
+                            keys.decode_other(token).and_then(Keys::well_formed),
+                            "{claims}"
+                        );
+                    }
                 }
             }
         }
@@ -486,10 +531,10 @@ mod tests {
             &encoding(),
         )
         .unwrap();
-        assert!(plain.decode_own(&odd).is_none());
+        assert!(plain.decode_own(&odd, now()).is_none());
         assert!(
             plain
-                .decode_own(&plain.issue(TokenType::Access, 1, 0).unwrap().token)
+                .decode_own(&plain.issue(TokenType::Access, 1, 0).unwrap().token, now())
                 .is_some()
         );
     }
@@ -548,6 +593,67 @@ mod tests {
         assert!(!signed.claims.is_void(valid_after));
         let before = keys.issue(TokenType::Access, 1, 0).unwrap();
         assert!(before.claims.is_void(valid_after));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_only_good_tokens_are_remembered() {
+        let keys = keys();
+        let signed = keys.issue(TokenType::Access, 3, 0).unwrap();
+        let (token, exp) = (&signed.token, signed.claims.exp);
+        assert_eq!(keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
+        assert!(keys.remembered().contains_key(token.as_str()));
+        // From memory: the same claims, the same type check, and expiry
+        // against the clock of each request.
+        assert_eq!(keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
+        assert_eq!(
+            keys.decode(token, TokenType::Refresh).unwrap_err(),
+            TokenError::WrongType
+        );
+        assert_eq!(
+            keys.decode_any_at(token, exp).unwrap_err(),
+            TokenError::Expired
+        );
+        assert_eq!(
+            keys.decode_any_at(token, exp + 9).unwrap_err(),
+            TokenError::Expired
+        );
+        assert_eq!(keys.remembered().len(), 1);
+
+        // A token refused, or checked by jsonwebtoken, is not remembered.
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 1;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        let expired = keys.issue(TokenType::Access, 3, 0).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let theirs = jsonwebtoken::encode(&header, &signed.claims, &encoding()).unwrap();
+        for _ in 0..2 {
+            assert_eq!(keys.decode_any(&tampered).unwrap_err(), TokenError::Invalid);
+            assert_eq!(
+                keys.decode_any_at(&expired.token, expired.claims.exp)
+                    .unwrap_err(),
+                TokenError::Expired
+            );
+            assert_eq!(keys.decode_any(&theirs).unwrap(), signed.claims);
+        }
+        assert_eq!(keys.remembered().len(), 1);
+    }
+
+    #[test]
+    fn a_full_memory_starts_again() {
+        let keys = keys();
+        let tokens: Vec<_> = (0..MOST_REMEMBERED + 1)
+            .map(|id| keys.issue(TokenType::Access, id as i64 + 1, 0).unwrap())
+            .collect();
+        for signed in &tokens {
+            assert_eq!(keys.decode_any(&signed.token).unwrap(), signed.claims);
+        }
+        assert_eq!(keys.remembered().len(), 1);
+        for signed in &tokens {
+            assert_eq!(keys.decode_any(&signed.token).unwrap(), signed.claims);
+        }
+        assert!(keys.remembered().len() <= MOST_REMEMBERED);
     }
 
     #[test]
