@@ -231,6 +231,15 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// `response`, labelled as JSON.
+pub fn json_typed(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         error_response(&self)

@@ -1,6 +1,8 @@
 //! The filters every endpoint shares: state, the size-limited body, the
 //! Bearer authentication, and the per-path 405 / OPTIONS answer.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
@@ -56,18 +58,113 @@ impl RawBody {
         if self.bytes.is_empty() {
             return Ok(Value::Object(serde_json::Map::new()));
         }
-        let content_type = self.content_type.as_deref().unwrap_or("");
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if media != "application/json" {
+        if !self.is_json() {
+            let content_type = self.content_type.as_deref().unwrap_or("");
             return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
         }
         serde_json::from_slice(&self.bytes)
             .map_err(|err| ApiError::MalformedJson(format!("JSON parse error - {err}")))
+    }
+
+    /// A body as it would arrive with `content_type`.
+    #[cfg(test)]
+    pub fn for_test(content_type: &str, body: &str) -> RawBody {
+        RawBody {
+            content_type: Some(content_type.to_owned()),
+            bytes: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    /// Whether the body is labelled `application/json`.
+    fn is_json(&self) -> bool {
+        let content_type = self.content_type.as_deref().unwrap_or("");
+        content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    }
+
+    /// The string values of `names` in a JSON object body, read without
+    /// building a [`Value`] (and without copying those with no escapes).
+    /// `None` when [`RawBody::json`] would fail, when the body is not an
+    /// object, or when any of the names is missing or not a string: the
+    /// caller then reads the body with [`RawBody::json`] for its answer.
+    /// Of repeated keys the last counts, as in a [`Value`].
+    pub fn strings<const N: usize>(&self, names: [&str; N]) -> Option<[Cow<'_, str>; N]> {
+        if self.bytes.is_empty() || !self.is_json() {
+            return None;
+        }
+        let mut found: [Option<Cow<'_, str>>; N] = std::array::from_fn(|_| None);
+        let mut deserializer = serde_json::Deserializer::from_slice(&self.bytes);
+        serde::Deserializer::deserialize_map(
+            &mut deserializer,
+            Strings {
+                names: &names,
+                found: &mut found,
+            },
+        )
+        .ok()?;
+        deserializer.end().ok()?;
+        if found.iter().any(Option::is_none) {
+            return None;
+        }
+        Some(found.map(Option::unwrap_or_default))
+    }
+}
+
+/// Reads a JSON object, keeping the string values of `names`
+/// ([`RawBody::strings`]); any other value of theirs is an error.
+struct Strings<'n, 'f, 'de, const N: usize> {
+    names: &'n [&'n str; N],
+    found: &'f mut [Option<Cow<'de, str>>; N],
+}
+
+impl<'de, const N: usize> serde::de::Visitor<'de> for Strings<'_, '_, 'de, N> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.names.iter().position(|name| *name == key) {
+                Some(i) => self.found[i] = Some(map.next_value_seed(Text)?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Text;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 
@@ -117,25 +214,35 @@ where
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let content_type = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    // A body that comes in one piece (most do) is kept as it came.
+    let mut first = Bytes::new();
     let mut buffer = BytesMut::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|err| {
             ApiError::MalformedJson(format!("JSON parse error - cannot read the body: {err}"))
         })?;
-        if buffer.len() as u64 + chunk.remaining() as u64 > limit {
+        let read = first.len() + buffer.len();
+        if read as u64 + chunk.remaining() as u64 > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buffer.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
+        let piece = chunk.copy_to_bytes(chunk.remaining());
+        if read == 0 {
+            first = piece;
+        } else {
+            if !first.is_empty() {
+                buffer.extend_from_slice(&std::mem::take(&mut first));
+            }
+            buffer.extend_from_slice(&piece);
         }
     }
     Ok(RawBody {
         content_type,
-        bytes: buffer.freeze(),
+        bytes: if buffer.is_empty() {
+            first
+        } else {
+            buffer.freeze()
+        },
     })
 }
 
@@ -154,13 +261,11 @@ pub struct Caller {
 pub fn client_address(
     state: AppState,
 ) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = std::convert::Infallible> + Clone {
-    warp::ext::optional::<crate::server::PeerAddr>()
-        .and(warp::header::headers_cloned())
-        .map(
-            move |peer: Option<crate::server::PeerAddr>, headers: HeaderMap| {
-                state.throttle.client_address(peer.map(|p| p.0), &headers)
-            },
-        )
+    warp::header::headers_cloned().map(move |headers: HeaderMap| {
+        state
+            .throttle
+            .client_address(crate::server::peer_addr(), &headers)
+    })
 }
 
 /// Requires a valid access token whose user exists and is active, checked
@@ -347,6 +452,30 @@ mod tests {
             Err(ApiError::BadAuthorizationHeader)
         ));
         assert_eq!(bearer_token(Some(&header(b"Bearer abc"))).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn strings_are_read_borrowed_unless_escaped_and_the_last_of_a_key_counts() {
+        let body = RawBody::for_test(
+            "application/json",
+            r#"{"a":"x","skip":{"b":[1,"c"]},"b":"y\u0021","a":"z"}"#,
+        );
+        let [a, b] = body.strings(["a", "b"]).unwrap();
+        assert!(matches!(a, Cow::Borrowed("z")));
+        assert!(matches!(b, Cow::Owned(ref s) if s == "y!"));
+        for (content_type, text) in [
+            ("application/json", r#"{"a":"x"}"#),
+            ("application/json", r#"{"a":"x","b":null}"#),
+            ("application/json", r#"{"a":"x","b":2}"#),
+            ("application/json", r#"{"a":"x","b":"y"} {}"#),
+            ("application/json", r#"{"a":"x","b":"y""#),
+            ("application/json", r#"["a","b"]"#),
+            ("application/json", ""),
+            ("text/plain", r#"{"a":"x","b":"y"}"#),
+        ] {
+            let body = RawBody::for_test(content_type, text);
+            assert!(body.strings(["a", "b"]).is_none(), "{content_type}: {text}");
+        }
     }
 
     #[test]

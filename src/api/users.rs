@@ -9,7 +9,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::error::{ApiError, ResultExt};
+use super::error::{ApiError, ResultExt, json_typed};
 use super::filters::{
     self, Bearer, Caller, RawBody, admit, authenticated, authorize, client_address, get_or_head,
     with_state,
@@ -435,15 +435,6 @@ fn stream_all(state: AppState, query: ListQuery) -> Response {
         rx.recv().await.map(|item| (item, rx))
     });
     json_typed(warp::reply::stream(body).into_response())
-}
-
-/// `response`, labelled as JSON.
-fn json_typed(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// Users written as one JSON array straight from their rows, taken out in

@@ -256,6 +256,43 @@ async fn a_chunked_body_over_64_kib_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_body_arriving_in_several_chunks_is_read_whole() {
+    let app = spawn_app().await;
+    let user = TestUser::generate();
+    let mut body = user.body();
+    body["padding"] = json!("y".repeat(3000));
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/users HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        app.addr
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Pieces with pauses between them, so they reach the server apart;
+    // a cut in the middle of a multi-byte character too.
+    let bytes = body.replace("y\"", "\u{e9}y\"").into_bytes();
+    for chunk in bytes.chunks(1001) {
+        let mut piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+        piece.extend(chunk.iter().chain(b"\r\n"));
+        stream.write_all(&piece).await.expect("chunk");
+        stream.flush().await.expect("flush");
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("end");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.expect("reply");
+
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert!(
+        reply.contains(&format!("\"username\":\"{}\"", user.username)),
+        "{reply}"
+    );
+    assert_eq!(app.user_count(), 1);
+}
+
+#[tokio::test]
 async fn a_body_just_under_64_kib_is_accepted() {
     let app = spawn_app().await;
 
