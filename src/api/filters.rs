@@ -309,7 +309,7 @@ fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&[u8], ApiError> 
 /// task as their own queries (one trip to the blocking pool per request).
 #[derive(Debug, Clone)]
 pub struct Bearer {
-    claims: crate::auth::jwt::Claims,
+    claims: std::sync::Arc<crate::auth::jwt::Claims>,
 }
 
 impl Bearer {

@@ -2,6 +2,7 @@
 //! verifying and blacklisting tokens.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::json;
 use warp::Filter;
@@ -234,7 +235,7 @@ pub async fn checked_refresh(
     state: &AppState,
     token: &str,
     check_blacklist: bool,
-) -> Result<(Claims, i64), ApiError> {
+) -> Result<(Arc<Claims>, i64), ApiError> {
     let claims = state
         .keys
         .decode(token, TokenType::Refresh)
@@ -280,10 +281,10 @@ pub async fn checked_refresh(
 /// `tokens_valid_after` (`None`: missing or inactive) and whether the
 /// token is blacklisted.
 fn refresh_checks(
-    claims: Claims,
+    claims: Arc<Claims>,
     valid_after: Option<i64>,
     revoked: bool,
-) -> Result<(Claims, i64), ApiError> {
+) -> Result<(Arc<Claims>, i64), ApiError> {
     if revoked {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }

@@ -13,7 +13,8 @@
 //! give, in the same order (unit tests hold the two to it).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -131,6 +132,42 @@ const HEADER: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9";
 /// Tokens remembered as checked at most; past it, the memory starts again.
 const MOST_REMEMBERED: usize = 4096;
 
+/// Hashes the remembered tokens by their last 16 bytes, the end of their
+/// signature: only tokens whose HMAC checked are stored, so those bytes
+/// are as good as random and no one can choose them to crowd the map,
+/// and hashing 16 bytes instead of the whole token (about 250 bytes with
+/// SipHash) takes a thirtieth of the time. A key of any other shape
+/// (`str` hashes as its bytes, then 0xff) works the same way.
+#[derive(Debug, Clone, Copy, Default)]
+struct TailHash;
+
+impl BuildHasher for TailHash {
+    type Hasher = Tail;
+
+    fn build_hasher(&self) -> Tail {
+        Tail(0)
+    }
+}
+
+/// [`TailHash`]'s hasher: FxHash's mixing over the last 16 bytes written.
+struct Tail(u64);
+
+impl Hasher for Tail {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        for chunk in tail.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Signing and verification keys with the configured lifetimes.
 pub struct Keys {
     /// Tokens checked here, by their text, with their claims: everything
@@ -139,7 +176,7 @@ pub struct Keys {
     /// client sends one access token with every request of its lifetime
     /// (and one refresh token with every refresh); checking it again each
     /// time (base64, JSON, HMAC) cost about a twentieth of a request.
-    remembered: Mutex<HashMap<String, Claims>>,
+    remembered: Mutex<HashMap<String, Arc<Claims>, TailHash>>,
     /// HMAC-SHA256 keyed with the secret; cloned for each token.
     mac: Hmac<Sha256>,
     decoding: DecodingKey,
@@ -214,7 +251,7 @@ impl Keys {
         }
         validation.set_required_spec_claims(&required);
         Keys {
-            remembered: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(HashMap::with_hasher(TailHash)),
             // HMAC takes a key of any length.
             mac: Hmac::<Sha256>::new_from_slice(secret)
                 .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
@@ -278,7 +315,7 @@ impl Keys {
     }
 
     /// Verifies `token` as a token of `expected` type.
-    pub fn decode(&self, token: &str, expected: TokenType) -> Result<Claims, TokenError> {
+    pub fn decode(&self, token: &str, expected: TokenType) -> Result<Arc<Claims>, TokenError> {
         let claims = self.decode_any(token)?;
         if claims.token_type != expected.as_str() {
             return Err(TokenError::WrongType);
@@ -287,37 +324,37 @@ impl Keys {
     }
 
     /// Verifies `token` as a token of either type.
-    pub fn decode_any(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn decode_any(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         self.decode_any_at(token, now())
     }
 
     /// [`Keys::decode_any`] at `now`, for tokens checked here.
-    fn decode_any_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    fn decode_any_at(&self, token: &str, now: u64) -> Result<Arc<Claims>, TokenError> {
         if let Some(claims) = self.recall(token) {
-            return self.validate(claims, now);
+            return self.validate(&claims, now).map(|()| claims);
         }
         match self.decode_own(token, now) {
             Some(checked) => {
-                let claims = Self::well_formed(checked?)?;
+                let claims = Arc::new(Self::well_formed(checked?)?);
                 self.remember(token, &claims);
                 Ok(claims)
             }
-            None => Self::well_formed(self.decode_other(token)?),
+            None => Self::well_formed(self.decode_other(token)?).map(Arc::new),
         }
     }
 
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claims>> {
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Claims>, TailHash>> {
         // Nothing can panic under this lock; a poisoned map is still whole.
         self.remembered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The claims of `token` if it passed every check here before.
-    fn recall(&self, token: &str) -> Option<Claims> {
+    fn recall(&self, token: &str) -> Option<Arc<Claims>> {
         self.remembered().get(token).cloned()
     }
 
     /// Remembers `token`, which passed every check here, with its claims.
-    fn remember(&self, token: &str, claims: &Claims) {
+    fn remember(&self, token: &str, claims: &Arc<Claims>) {
         let mut remembered = self.remembered();
         if remembered.len() >= MOST_REMEMBERED {
             remembered.clear();
@@ -356,12 +393,12 @@ impl Keys {
             iss: own.iss,
             aud: own.aud,
         };
-        Some(self.validate(claims, now))
+        Some(self.validate(&claims, now).map(|()| claims))
     }
 
     /// `jsonwebtoken`'s checks of `self.validation`, in its order, then
     /// simplejwt's expiry (`exp` now or past), for claims without `nbf`.
-    fn validate(&self, claims: Claims, now: u64) -> Result<Claims, TokenError> {
+    fn validate(&self, claims: &Claims, now: u64) -> Result<(), TokenError> {
         let missing =
             |wanted: &Option<String>, got: &Option<String>| wanted.is_some() && got.is_none();
         if missing(&self.issuer, &claims.iss) || missing(&self.audience, &claims.aud) {
@@ -383,7 +420,7 @@ impl Keys {
         if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Any other token, checked by `jsonwebtoken`.
@@ -513,7 +550,7 @@ mod tests {
                     // Twice: the second answer may come from memory.
                     for _ in 0..2 {
                         assert_eq!(
-                            keys.decode_any(token),
+                            keys.decode_any(token).map(Arc::unwrap_or_clone),
                             keys.decode_other(token).and_then(Keys::well_formed),
                             "{claims}"
                         );
@@ -600,11 +637,11 @@ mod tests {
         let keys = keys();
         let signed = keys.issue(TokenType::Access, 3, 0).unwrap();
         let (token, exp) = (&signed.token, signed.claims.exp);
-        assert_eq!(keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
+        assert_eq!(*keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
         assert!(keys.remembered().contains_key(token.as_str()));
         // From memory: the same claims, the same type check, and expiry
         // against the clock of each request.
-        assert_eq!(keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
+        assert_eq!(*keys.decode_any_at(token, exp - 1).unwrap(), signed.claims);
         assert_eq!(
             keys.decode(token, TokenType::Refresh).unwrap_err(),
             TokenError::WrongType
@@ -635,9 +672,27 @@ mod tests {
                     .unwrap_err(),
                 TokenError::Expired
             );
-            assert_eq!(keys.decode_any(&theirs).unwrap(), signed.claims);
+            assert_eq!(*keys.decode_any(&theirs).unwrap(), signed.claims);
         }
         assert_eq!(keys.remembered().len(), 1);
+    }
+
+    #[test]
+    fn tokens_with_the_same_tail_are_still_told_apart() {
+        let mut map = HashMap::with_hasher(TailHash);
+        let tail = "0123456789abcdef";
+        for (i, head) in ["a.", "b.", "", "a.b.c."].iter().enumerate() {
+            map.insert(format!("{head}{tail}"), i);
+        }
+        map.insert("short".to_owned(), 9);
+        assert_eq!(map.len(), 5);
+        assert_eq!(map.get("b.0123456789abcdef"), Some(&1));
+        assert_eq!(map.get(tail), Some(&2));
+        assert_eq!(map.get("short"), Some(&9));
+        assert_eq!(map.get("c.0123456789abcdef"), None);
+        let hash = |text: &str| TailHash.hash_one(text);
+        assert_eq!(hash("x.0123456789abcdef"), hash("y.0123456789abcdef"));
+        assert_ne!(hash("x.0123456789abcdeg"), hash("x.0123456789abcdef"));
     }
 
     #[test]
@@ -647,11 +702,11 @@ mod tests {
             .map(|id| keys.issue(TokenType::Access, id as i64 + 1, 0).unwrap())
             .collect();
         for signed in &tokens {
-            assert_eq!(keys.decode_any(&signed.token).unwrap(), signed.claims);
+            assert_eq!(*keys.decode_any(&signed.token).unwrap(), signed.claims);
         }
         assert_eq!(keys.remembered().len(), 1);
         for signed in &tokens {
-            assert_eq!(keys.decode_any(&signed.token).unwrap(), signed.claims);
+            assert_eq!(*keys.decode_any(&signed.token).unwrap(), signed.claims);
         }
         assert!(keys.remembered().len() <= MOST_REMEMBERED);
     }
