@@ -15,6 +15,7 @@ Subcommands:
   proc PID FIELD                    a /proc/PID/status field in KiB (VmRSS, VmHWM)
   wrk-json FILE                     the BENCHJSON line of a wrk output, as JSON
   fact FILE KEY.PATH VALUE          set a figure in the facts file (VALUE: JSON or text)
+  fact-text FILE KEY.PATH VALUE     the same, VALUE always kept as text (a commit id)
   report RESULTS_DIR JSON_PATH      aggregate, print the markdown table, write JSON
 
 For bench/soak.sh:
@@ -459,15 +460,16 @@ def cmd_report(results, json_path):
         f.write("\n")
 
 
-def cmd_fact(path, dotted, value):
-    """Set FACTS[a][b]... = VALUE (parsed as JSON when it is JSON) in file PATH."""
+def cmd_fact(path, dotted, value, as_text=False):
+    """Set FACTS[a][b]... = VALUE (parsed as JSON when it is JSON, unless
+    as_text) in file PATH."""
     try:
         with open(path) as f:
             facts = json.load(f)
     except FileNotFoundError:
         facts = {}
     try:
-        parsed = json.loads(value)
+        parsed = value if as_text else json.loads(value)
     except ValueError:
         parsed = value
     keys = dotted.split(".")
@@ -497,6 +499,8 @@ def main():
         "wrk-json": lambda path: print(json.dumps(wrk_json(path))),
         "report": cmd_report,
         "fact": cmd_fact,
+        # A commit like 8e21073 or 1234567 is text, not a number.
+        "fact-text": lambda path, dotted, value: cmd_fact(path, dotted, value, True),
     }
     if cmd not in table:
         die(f"unknown subcommand {cmd}\n{__doc__}")

@@ -78,7 +78,7 @@ helper fact "$FACTS" date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 helper fact "$FACTS" machine.cores "$(nproc)"
 helper fact "$FACTS" machine.cpu "$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 helper fact "$FACTS" machine.kernel "$(uname -r)"
-helper fact "$FACTS" source.commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+helper fact-text "$FACTS" source.commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 helper fact "$FACTS" source.uncommitted_files "$(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l)"
 helper fact "$FACTS" machine.loadavg_before "$(cut -d' ' -f1-3 /proc/loadavg)"
 helper fact "$FACTS" settings "$(python3 -c '
