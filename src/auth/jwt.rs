@@ -135,9 +135,9 @@ const MOST_REMEMBERED: usize = 4096;
 /// Hashes the remembered tokens by their last 16 bytes, the end of their
 /// signature: only tokens whose HMAC checked are stored, so those bytes
 /// are as good as random and no one can choose them to crowd the map,
-/// and hashing 16 bytes instead of the whole token (about 250 bytes with
-/// SipHash) takes a thirtieth of the time. A key of any other shape
-/// (`str` hashes as its bytes, then 0xff) works the same way.
+/// and 16 bytes are quick to hash (SipHash over a whole token of about
+/// 250 bytes cost ~850 instructions a lookup, by callgrind). A key of any
+/// other shape (`str` hashes as its bytes, then 0xff) works the same way.
 #[derive(Debug, Clone, Copy, Default)]
 struct TailHash;
 
@@ -175,7 +175,7 @@ pub struct Keys {
     /// as long as the secret does, so only the expiry is checked again. A
     /// client sends one access token with every request of its lifetime
     /// (and one refresh token with every refresh); checking it again each
-    /// time (base64, JSON, HMAC) cost about a twentieth of a request.
+    /// time (base64, JSON, HMAC, allocations) cost about 2 µs a request.
     remembered: Mutex<HashMap<String, Arc<Claims>, TailHash>>,
     /// HMAC-SHA256 keyed with the secret; cloned for each token.
     mac: Hmac<Sha256>,
