@@ -332,9 +332,7 @@ pub fn string_field(
         Some(Value::Null) => field_error(errors, field, NULL),
         // DRF refuses NUL in every CharField. For a password it matters:
         // HMAC zero-pads short keys, so "pw" and "pw\0" hash alike.
-        Some(Value::String(s)) if s.contains('\0') => {
-            field_error(errors, field, "Null characters are not allowed.")
-        }
+        Some(Value::String(s)) if s.contains('\0') => field_error(errors, field, NUL_CHARACTERS),
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => field_error(errors, field, NOT_A_STRING),
     }
@@ -349,12 +347,27 @@ pub fn required_text(
     errors: &mut FieldErrors,
 ) -> Option<String> {
     let value = string_field(object, field, true, errors)?;
-    let value = if trim { value.trim().to_owned() } else { value };
-    if value.is_empty() {
-        return field_error(errors, field, "This field may not be blank.");
+    match clean_text(&value, trim) {
+        Ok(clean) => Some(clean.to_owned()),
+        Err(message) => field_error(errors, field, message),
     }
-    Some(value)
 }
+
+/// A string as [`required_text`] takes it (no NUL; trimmed when `trim`;
+/// not blank), or the message refusing it.
+pub fn clean_text(value: &str, trim: bool) -> Result<&str, &'static str> {
+    if value.contains('\0') {
+        return Err(NUL_CHARACTERS);
+    }
+    let value = if trim { value.trim() } else { value };
+    if value.is_empty() {
+        return Err("This field may not be blank.");
+    }
+    Ok(value)
+}
+
+/// DRF's message for a NUL in a CharField.
+const NUL_CHARACTERS: &str = "Null characters are not allowed.";
 
 /// The message for a username held by another account.
 pub const USERNAME_TAKEN: &str = "A user with that username already exists.";

@@ -102,16 +102,16 @@ pub fn text_fields<const N: usize>(
     body: &RawBody,
     fields: [(&str, bool); N],
 ) -> Result<[String; N], ApiError> {
-    // Well-formed bodies are read without a `Value`; anything else, by
-    // `required_text` for its errors.
+    // Well-formed bodies are read without a `Value`, under the same rules;
+    // anything else goes through one, for its errors.
     if let Some(values) = body.strings(fields.map(|(field, _)| field)) {
-        let mut checked = values.iter().zip(fields).map(|(value, (_, trim))| {
-            let value = if trim { value.trim() } else { value };
-            (!value.is_empty() && !value.contains('\0')).then(|| value.to_owned())
+        let clean: [Option<String>; N] = std::array::from_fn(|i| {
+            model::clean_text(&values[i], fields[i].1)
+                .ok()
+                .map(str::to_owned)
         });
-        let values: [Option<String>; N] = std::array::from_fn(|_| checked.next().flatten());
-        if values.iter().all(Option::is_some) {
-            return Ok(values.map(Option::unwrap_or_default));
+        if clean.iter().all(Option::is_some) {
+            return Ok(clean.map(Option::unwrap_or_default));
         }
     }
     text_fields_of_value(body, fields)
