@@ -236,22 +236,21 @@ def wrk_json(path):
 # ---------------------------------------------------------------- report
 
 TARGETS = {
-    # scenario: (ceiling, minimum ratio)
-    "get_user": ("hello", 0.50),
-    "refresh": ("hello", 0.50),
+    # scenario: (ceiling, minimum ratio to the ceiling; None: no ratio target)
+    "get_user": ("hello", 0.30),
+    "refresh": ("hello", 0.30),
     "login": ("hash", 0.85),
     "register": ("hash", 0.80),
     "update": ("sqlite", 0.80),
     "list_1k": ("hello", None),
-    "list_page": ("hello", 0.25),
-    # Every request a different page: none is served from the pages the
-    # server keeps in memory.
-    "list_page_walk": ("hello", None),
-    # The endpoint's own work alone (examples/floor.rs): no target, it
-    # shows the most the endpoint could reach on this stack.
-    "core_get_user": ("hello", None),
-    "core_refresh": ("hello", None),
-    "core_list_page": ("hello", None),
+    "list_page": ("hello", None),
+}
+
+# Absolute targets in req/s (no ceiling to divide by): list_1k, the listing
+# of all 1,000 users, at least 10 times PocketBase's rate for the same
+# listing (about 84 req/s on this kind of machine, 2 cores).
+ABSOLUTE_TARGETS = {
+    "list_1k": 840,
 }
 
 
@@ -321,12 +320,10 @@ def cmd_report(results, json_path):
 
     scenario_names = ["get_user", "refresh", "login", "register", "update", "list_1k"]
     scenario_names += [f"list_page@{o}" for o in settings["list_page_offsets"]]
-    scenario_names += ["list_page_walk"]
-    scenario_names += ["core_get_user", "core_refresh"]
-    scenario_names += [f"core_list_page@{o}" for o in settings["list_page_offsets"]]
     for name in scenario_names:
         base = name.split("@")[0]
         ceiling_name, minimum = TARGETS[base]
+        absolute = ABSOLUTE_TARGETS.get(base)
         runs = load_runs(results, name)
         if not runs:
             continue
@@ -345,31 +342,38 @@ def cmd_report(results, json_path):
             notes.append(f"{socket_errors} socket errors/timeouts")
         if base == "list_page" and facts.get("list_page_pending"):
             notes.append("pending: limit/offset")
-        if base == "list_page_walk":
-            notes.append("each request the next page, none kept in memory")
-        if base in ("list_page", "list_page_walk", "core_list_page"):
+        if base == "list_page":
             notes.append(f"{settings['list_page_users']:,} users")
-        if base.startswith("core_"):
-            notes.append("examples/floor.rs: the endpoint's own work, nothing around it")
+        if absolute is not None:
+            notes.append("absolute target in req/s (10 × PocketBase's ~84 req/s), "
+                         "not a ratio: it depends on the machine and its load")
         mbps = summary([r["mbps"] for r in runs])
         if base == "list_1k" and mbps:
             notes.append(f"{mbps['median']:.1f} MB/s ({mbps['min']:.1f}–{mbps['max']:.1f}),"
                          f" {runs[0]['bytes'] / max(runs[0]['requests'], 1) / 1e3:.0f} kB/answer")
         p99 = summary([r["latency_ms"]["p99"] for r in runs])
         notes.append(f"p99 {p99['median']:.1f} ms")
-        if minimum is None:
-            verdict, target = "—", "report only"
-        else:
+        passed = None
+        if absolute is not None:
+            target = f"≥ {absolute:,} req/s"
+            if rate is not None:
+                passed = rate["median"] >= absolute
+        elif minimum is not None:
             target = f"≥ {minimum:.2f} × {ceiling_name}"
-            verdict = "n/a" if ratio is None else ("pass" if ratio >= minimum else "FAIL")
-            if base == "list_page" and facts.get("list_page_pending") and verdict == "pass":
-                verdict = "pass (pending)"
+            if ratio is not None:
+                passed = ratio >= minimum
+        else:
+            target = "report only"
+        if absolute is None and minimum is None:
+            verdict = "—"
+        else:
+            verdict = "n/a" if passed is None else ("pass" if passed else "FAIL")
         rows.append([name, fmt_rate(rate), f"{ceiling_name} {fmt_rate(ceiling)}",
                      "n/a" if ratio is None else f"{ratio:.2f}", target, verdict,
                      "; ".join(notes)])
         out["scenarios"][name] = {
             "rps": rate, "ceiling": ceiling_name, "ratio": ratio, "target_ratio": minimum,
-            "pass": None if minimum is None or ratio is None else ratio >= minimum,
+            "target_rps": absolute, "pass": passed,
             "p99_ms": p99, "mbps": mbps, "non_2xx": non2xx, "socket_errors": socket_errors,
             "pending": bool(base == "list_page" and facts.get("list_page_pending")),
             "raw": runs,
@@ -423,7 +427,7 @@ def cmd_report(results, json_path):
     for key, label in (("existing_db", "seeded 1k-user db"), ("fresh_db", "new db file")):
         s = st[key]
         other.append([f"start-up to first 200 ({label})", f"{s['median_ms']:.1f} ms", "", "",
-                      "≤ 100 ms", "pass" if s["median_ms"] <= 100 else "FAIL",
+                      "≤ 20 ms", "pass" if s["median_ms"] <= 20 else "FAIL",
                       f"median of {len(s['runs'])} ({s['min_ms']:.1f}–{s['max_ms']:.1f})"])
 
     header = ["scenario", "req/s median (min–max)", "ceiling median (min–max)", "ratio",

@@ -1,32 +1,44 @@
-//! The HTTP API: joins the endpoint groups, adds the per-path 405/OPTIONS
-//! answers, the request log and the one `recover`. The headers every reply
-//! carries (security, CORS, request id) are added by `server`.
+//! The HTTP API: joins the endpoint groups, adds the one `recover` and the
+//! request log line, and (in [`service`]) what every reply carries: the
+//! security and CORS headers, and the whole-request time limit.
 
 pub mod cors;
 pub mod error;
 pub mod filters;
+mod health;
+mod listing;
 pub mod openapi;
-pub mod throttle;
+mod schemas;
 pub mod token;
 pub mod users;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use tower_service::Service;
 use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::AppState;
+use cors::{Cors, CorsRequest};
+use filters::Peer;
 
-/// Every endpoint of API.md, joined, with errors made replies and one log
+/// Every endpoint of the API, joined, with errors made replies and one log
 /// line per request.
 pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
     let max_body = state.config.server.max_body_bytes;
-    // Each group is tried only for the paths it can match: a request
-    // walks its own group's routes, not every route of the API.
-    filters::under("/api/users")
-        .and(users::routes(state.clone(), max_body))
-        .or(filters::under("/api/token").and(token::routes(state.clone(), max_body)))
+    users::routes(state.clone(), max_body)
+        .or(token::routes(state.clone(), max_body))
         .unify()
-        .or(health(state))
+        .or(health::routes(state))
+        .unify()
+        .or(openapi::routes())
         .unify()
         .recover(error::recover)
         .unify()
@@ -34,15 +46,62 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
         .boxed()
 }
 
+/// The API as the server calls it, once per request with the peer of its
+/// connection: the routes, bounded by `server.request_timeout` (408), and
+/// every reply, errors and time-outs included, with the security and CORS
+/// headers.
+pub fn service(
+    state: AppState,
+) -> impl Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let limit = Duration::from_secs(state.config.server.request_timeout);
+    let cors = Arc::new(Cors::new(&state.config.server.cors_origins));
+    let routes = warp::service(routes(state));
+    move |mut request: Request<Incoming>, peer: SocketAddr| {
+        let cors_request = CorsRequest::of(request.headers(), request.method());
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        request.extensions_mut().insert(Peer(peer));
+        let answered = routes.clone().call(request);
+        let cors = cors.clone();
+        Box::pin(async move {
+            let mut response = match tokio::time::timeout(limit, answered).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    tracing::warn!(%method, path, "request timed out");
+                    timeout_reply()
+                }
+            };
+            cors.decorate(&cors_request, &mut response);
+            secure(&mut response);
+            response
+        })
+    }
+}
+
+/// 408, closing the connection (the request may still be arriving).
+fn timeout_reply() -> Response {
+    let mut response = error::json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        &serde_json::json!({"detail": "Request timed out."}),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// The headers every reply carries: the API serves JSON only, never a
 /// page, and nothing of it may be cached.
-pub(crate) fn secure(response: &mut Response) {
-    use warp::http::HeaderValue;
+fn secure(response: &mut Response) {
     use warp::http::header::{
         CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
     };
     let headers = response.headers_mut();
-    // Named by constant: a name given as text is parsed on every insert.
     for (name, value) in [
         (X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (
@@ -59,99 +118,12 @@ pub(crate) fn secure(response: &mut Response) {
 /// One line per request. Only the path is logged: a query string or
 /// header could carry a token.
 fn log_request(info: warp::log::Info<'_>) {
+    let ms = format!("{:.1}", info.elapsed().as_secs_f64() * 1000.0);
     tracing::info!(
         method = %info.method(),
         path = info.path(),
         status = info.status().as_u16(),
-        ms = millis(info.elapsed()),
+        ms,
         "request"
     );
-}
-
-/// `elapsed` in milliseconds to one decimal, rounded half up (`"0.7"`).
-fn millis(elapsed: std::time::Duration) -> String {
-    // Integers: a float formatted to a precision costs more than the
-    // rest of the line's fields.
-    let tenths = (elapsed.as_nanos() + 50_000) / 100_000;
-    format!("{}.{}", tenths / 10, tenths % 10)
-}
-
-/// GET /api/health and GET /api/openapi.json
-fn health(state: AppState) -> BoxedFilter<(Response,)> {
-    let health_path = || warp::path!("api" / "health");
-    let openapi_path = || warp::path!("api" / "openapi.json");
-    let get = health_path()
-        .and(filters::get_or_head())
-        .and(filters::with_state(state))
-        .then(health_check);
-    // Built on first request, not at start: start-up time and idle memory
-    // stay with the server's real work.
-    let document = std::sync::Arc::new(std::sync::OnceLock::new());
-    let openapi = openapi_path().and(filters::get_or_head()).map(move || {
-        error::json_response(
-            warp::http::StatusCode::OK,
-            document.get_or_init(openapi::document),
-        )
-    });
-    get.or(filters::other_methods(
-        health_path(),
-        "Health",
-        "GET, HEAD, OPTIONS",
-    ))
-    .unify()
-    .or(openapi)
-    .unify()
-    .or(filters::other_methods(
-        openapi_path(),
-        "OpenAPI",
-        "GET, HEAD, OPTIONS",
-    ))
-    .unify()
-    .boxed()
-}
-
-/// Whether the database answers.
-#[utoipa::path(get, path = "/api/health", tag = "health",
-    responses(
-        (status = 200, description = "The database answers", body = openapi::Health),
-        (status = 503, description = "It does not", body = openapi::Health),
-    ))]
-async fn health_check(state: AppState) -> Response {
-    match state.db(crate::db::ping).await {
-        Ok(()) => error::json_response(
-            warp::http::StatusCode::OK,
-            &serde_json::json!({"status": "ok"}),
-        ),
-        Err(err) => {
-            tracing::warn!(?err, "health check failed");
-            error::json_response(
-                warp::http::StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "unavailable"}),
-            )
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn request_times_are_milliseconds_to_one_decimal() {
-        for (nanos, text) in [
-            (0, "0.0"),
-            (49_999, "0.0"),
-            (50_000, "0.1"),
-            (700_000, "0.7"),
-            (1_249_999, "1.2"),
-            (1_250_000, "1.3"),
-            (12_345_600_000, "12345.6"),
-        ] {
-            assert_eq!(
-                super::millis(Duration::from_nanos(nanos)),
-                text,
-                "{nanos} ns"
-            );
-        }
-    }
 }

@@ -7,9 +7,6 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::auth::password;
 use crate::cli::{Cli, Command, UserCommand};
@@ -84,27 +81,6 @@ fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
     };
     config.database.path = Some(path);
     Ok(config)
-}
-
-/// Starts the log: its lines go to stderr through [`logging::Batched`];
-/// the returned guard writes what is left when dropped.
-fn init_logging(format: &str) -> logging::Flush {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
-    let (writer, flush) = logging::Batched::stderr();
-    let format = if format == "json" {
-        logging::lines::Format::Json
-    } else {
-        logging::lines::Format::Text {
-            ansi: std::io::stderr().is_terminal(),
-        }
-    };
-    // A second init (tests) is harmless; ignore its error.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(logging::lines::Lines::new(format, writer))
-        .try_init();
-    flush
 }
 
 fn database_path(config: &Config) -> PathBuf {
@@ -198,7 +174,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         );
     }
     let mut config = load_config(cli, locations)?;
-    let _flush_log = init_logging(&config.log.format);
+    let _flush_log = logging::init(&config.log.format);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }

@@ -1,9 +1,9 @@
 //! The only place with SQL: the connection pool, per-connection pragmas,
 //! and the migrations of `schema.sql` keyed on `PRAGMA user_version`.
 
+pub mod listing;
 pub mod tokens;
 pub mod users;
-pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -327,8 +327,7 @@ pub fn write<T>(
 
 /// Runs `f` inside one read transaction (a deferred `BEGIN`): every query
 /// of a request sees the same snapshot, and SQLite takes and drops its
-/// file locks once per request instead of once per statement. Inside a
-/// transaction already ([`read_together`]), `f` runs in that one.
+/// file locks once per request instead of once per statement.
 pub fn read<T, E: From<rusqlite::Error>>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, E>,
@@ -345,28 +344,6 @@ pub fn read<T, E: From<rusqlite::Error>>(
     control(conn, "COMMIT")?;
     drop(open);
     Ok(value)
-}
-
-/// Runs `reads` (several requests' [`read`]s, all asked for before this
-/// call) inside one read transaction: the snapshot is taken by the first
-/// query, after every one of them was asked for, so each still sees every
-/// change committed before it was asked; SQLite's begin and end of a read
-/// (two file-lock calls and a file-size check, ~3 us) are paid once for
-/// all of them. Should the transaction fail to open, each read opens its
-/// own; should one read end it (SQLite rolls back on some errors), the
-/// reads after it open their own.
-pub fn read_together(conn: &Connection, reads: impl FnOnce(&Connection)) {
-    let open = match control(conn, "BEGIN") {
-        Ok(()) => Some(OpenRead(conn)),
-        Err(_) => None,
-    };
-    reads(conn);
-    if open.is_some() && !conn.is_autocommit() {
-        // A read transaction has nothing to commit; should COMMIT fail
-        // all the same, the guard rolls back.
-        let _ = control(conn, "COMMIT");
-    }
-    drop(open);
 }
 
 /// Rolls back a read transaction still open when dropped.
@@ -499,67 +476,6 @@ mod tests {
             Err::<(), _>(rusqlite::Error::QueryReturnedNoRows)
         });
         assert!(err.is_err());
-        assert!(reader.is_autocommit());
-    }
-
-    #[test]
-    fn reads_together_share_one_snapshot_taken_after_they_were_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = open(&options(dir.path())).unwrap();
-        let reader = pool.get().unwrap();
-        let writer = pool.get().unwrap();
-        let insert = |name: &str| {
-            writer
-                .execute(
-                    "INSERT INTO users (username, email, password_hash, created_at, updated_at)
-                     VALUES (?1, ?1 || '@example.com', 'x', '2026', '2026')",
-                    [name],
-                )
-                .unwrap();
-        };
-        let count = |conn: &Connection| -> rusqlite::Result<i64> {
-            conn.query_row("SELECT count(*) FROM users", [], |row| row.get(0))
-        };
-        // Committed before the reads run: all of them see it.
-        insert("before");
-        let mut seen = Vec::new();
-        read_together(&reader, |conn| {
-            seen.push(read(conn, count).unwrap());
-            // Committed while they run: none of them sees it.
-            insert("during");
-            seen.push(read(conn, count).unwrap());
-            // A read that fails leaves the others' transaction alone.
-            let failed: rusqlite::Result<()> =
-                read(conn, |_| Err(rusqlite::Error::QueryReturnedNoRows));
-            assert!(failed.is_err());
-            seen.push(read(conn, count).unwrap());
-            assert!(!conn.is_autocommit(), "one transaction for all of them");
-        });
-        assert_eq!(seen, vec![1, 1, 1]);
-        assert!(reader.is_autocommit(), "the transaction is ended");
-        assert_eq!(count(&reader).unwrap(), 2);
-
-        // A read that ends the transaction: the reads after it open their
-        // own, and see what was committed meanwhile.
-        let mut seen = Vec::new();
-        read_together(&reader, |conn| {
-            seen.push(read(conn, count).unwrap());
-            conn.execute_batch("ROLLBACK").unwrap();
-            insert("after");
-            seen.push(read(conn, count).unwrap());
-            assert!(conn.is_autocommit());
-        });
-        assert_eq!(seen, vec![2, 3]);
-        assert!(reader.is_autocommit());
-
-        // A panic inside is caught by the caller; the transaction still ends.
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_together(&reader, |conn| {
-                count(conn).unwrap();
-                panic!("a bug in a read");
-            })
-        }));
-        assert!(caught.is_err());
         assert!(reader.is_autocommit());
     }
 

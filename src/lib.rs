@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod logging;
 pub mod model;
+pub mod request_id;
 pub mod server;
 pub mod state;
 
@@ -32,8 +33,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = server::Limits::from_config(&state.config.server);
-    let service = warp::service(api::routes(state.clone()));
-    server::serve(listener, service, limits, shutdown).await;
+    server::serve(listener, api::service(state.clone()), limits, shutdown).await;
     // Checkpoint the WAL into the main file so a stopped server leaves one
     // tidy file behind; the pool closes when the last clone drops.
     let pool = state.pool.clone();

@@ -34,46 +34,6 @@ pub struct User {
     pub updated_at: String,
 }
 
-/// A [`User`] borrowing its text (from a database row): renders exactly as
-/// the `User` with the same values, without copying them first. Listings
-/// write their pages through it.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct UserView<'a> {
-    /// See [`User`].
-    pub id: i64,
-    /// See [`User`].
-    pub username: &'a str,
-    /// See [`User`].
-    pub email: &'a str,
-    /// See [`User`].
-    pub level: i64,
-    /// See [`User`].
-    pub status: Status,
-    /// See [`User`].
-    #[serde(rename = "profilePicture")]
-    pub profile_picture: &'a str,
-    /// See [`User`].
-    pub created_at: &'a str,
-    /// See [`User`].
-    pub updated_at: &'a str,
-}
-
-impl UserView<'_> {
-    /// The owned user.
-    pub fn to_user(self) -> User {
-        User {
-            id: self.id,
-            username: self.username.to_owned(),
-            email: self.email.to_owned(),
-            level: self.level,
-            status: self.status,
-            profile_picture: self.profile_picture.to_owned(),
-            created_at: self.created_at.to_owned(),
-            updated_at: self.updated_at.to_owned(),
-        }
-    }
-}
-
 /// A user row with the fields that are never rendered.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -418,35 +378,6 @@ fn status_field(object: &Map<String, Value>, errors: &mut FieldErrors) -> Option
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_borrowed_user_renders_byte_for_byte_as_the_owned_one() {
-        let user = User {
-            id: 42,
-            username: "Zoë.o'neil+x".into(),
-            email: "z\"q@example.com".into(),
-            level: 9,
-            status: Status::Busy,
-            profile_picture: "https://example.com/p?a=1&b=<2>".into(),
-            created_at: "2023-04-01T12:00:00.000000Z".into(),
-            updated_at: "2024-05-02T13:00:00.000001Z".into(),
-        };
-        let borrowed = UserView {
-            id: user.id,
-            username: &user.username,
-            email: &user.email,
-            level: user.level,
-            status: user.status,
-            profile_picture: &user.profile_picture,
-            created_at: &user.created_at,
-            updated_at: &user.updated_at,
-        };
-        assert_eq!(
-            serde_json::to_string(&borrowed).unwrap(),
-            serde_json::to_string(&user).unwrap()
-        );
-        assert_eq!(borrowed.to_user(), user);
-    }
 
     #[test]
     fn user_renders_exactly_the_eight_keys() {

@@ -1,32 +1,69 @@
-//! `AppState`: what every handler shares (pool, config, keys, the hash
-//! gate), and the two ways work leaves the async workers: `db` for SQLite,
-//! `hashing` for PBKDF2.
+//! `AppState`: what every handler shares (pool, config, keys, limits), and
+//! the three ways work leaves the async workers: [`AppState::read`] for
+//! SQLite reads, [`AppState::write`] for every write (the one writer
+//! thread), [`AppState::hashing`] for PBKDF2.
+
+pub mod seek;
+pub mod throttle;
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
+use rusqlite::Connection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::error::ApiError;
-use crate::api::throttle::Throttle;
 use crate::auth::jwt::Keys;
 use crate::config::Config;
 use crate::db;
-
-mod known;
-mod pages;
-mod queue;
-mod readers;
-pub use known::{Kept, Known};
-pub use pages::{Page, PageCache};
-mod writer;
-use readers::Readers;
+use seek::IdSeek;
+use throttle::Throttle;
 use writer::{Done, Writer};
 
-/// Shared by every handler; cloning it is one reference count (a clone
-/// per filter and per request: one atomic, not one per field).
+/// Why work sent off the async workers did not come back with its own
+/// answer.
+#[derive(Debug)]
+pub enum StateError {
+    /// No pooled connection could be had in time (r2d2's reason).
+    Unavailable(String),
+    /// A database error (for a write: also one that undid a change that
+    /// had succeeded, when its shared commit failed).
+    Database(rusqlite::Error),
+    /// Too many password hashes are waiting for a core.
+    Busy,
+    /// The work panicked or its thread is gone (a bug).
+    Crashed(String),
+}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(err: rusqlite::Error) -> Self {
+        StateError::Database(err)
+    }
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Unavailable(err) => write!(f, "no database connection: {err}"),
+            StateError::Database(err) => write!(f, "database error: {err}"),
+            StateError::Busy => f.write_str("too many password hashes waiting"),
+            StateError::Crashed(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The database error a failed write carries, if any: when SQLite rolled
+/// back a shared commit, the requests in it are told this cause.
+pub trait DatabaseCause {
+    /// The `rusqlite` error inside, if it is one.
+    fn database_cause(&self) -> Option<&rusqlite::Error>;
+}
+
+/// Shared by every handler; cloning it is one reference count.
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Shared>);
 
@@ -39,23 +76,12 @@ pub struct Shared {
     pub config: Config,
     /// JWT keys and lifetimes.
     pub keys: Keys,
-    /// Bounds concurrent and queued password hashes.
-    pub hashes: HashGate,
     /// Password-attempt limits.
     pub throttle: Throttle,
-    /// The one thread that writes: writers queue there, in order, instead
-    /// of in SQLite's busy handler (which sleeps and backs off, leaving the
-    /// write lock idle between commits), and share commits (see [`writer`]).
-    writer: Writer,
     /// Seek points for deep pages of the user list.
-    pub id_seek: Arc<db::users::IdSeek>,
-    /// Rendered pages of the user list (see [`pages`]).
-    pub pages: Arc<PageCache>,
-    /// Users and tokens as last read, while the database is unchanged
-    /// (see [`known`]).
-    pub known: Known,
-    /// The threads that run reads (see [`readers`]).
-    readers: Readers,
+    pub seek: IdSeek,
+    hashes: HashGate,
+    writer: Writer,
 }
 
 impl std::ops::Deref for AppState {
@@ -78,7 +104,7 @@ impl AppState {
             .context("no database path configured (database.path / ROSTERD_DB / --db)")?;
         let pool = db::open_limited(
             &db::Options {
-                path: path.clone(),
+                path,
                 busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
                 pool_size: config.database.pool_size,
             },
@@ -86,145 +112,101 @@ impl AppState {
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
-        let readers = readers::start(&pool, cores.min(config.database.pool_size as usize))
-            .context("cannot start the database reader threads")?;
-        // Without the watch every read goes to SQLite, as it would anyway.
-        let watch = match db::watch::Watch::open(&path) {
-            Ok(watch) => Some(watch),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch the database for changes: no reads kept");
-                None
-            }
-        };
         Ok(AppState(Arc::new(Shared {
-            readers,
-            known: Known::new(watch),
-            id_seek: Arc::default(),
-            pages: Arc::default(),
-            pool,
             keys: Keys::new(&config.auth),
-            hashes: HashGate::new(cores, config.auth.max_queued_hashes),
             throttle: Throttle::new(&config.rate_limit, &config.server),
+            seek: IdSeek::default(),
+            hashes: HashGate::new(cores, config.auth.max_queued_hashes),
             writer,
+            pool,
             config,
         })))
     }
 
-    /// Runs `f` with a pooled connection in one read transaction
-    /// ([`db::read`]) on a reader thread; the connection goes back to the
-    /// pool before the future resolves.
-    pub async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Runs `f` with a pooled connection inside one read transaction
+    /// ([`db::read`]) on tokio's blocking pool; the connection goes back
+    /// to the pool before the future resolves.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<StateError> + From<rusqlite::Error> + Send + 'static,
     {
-        self.db_with(move |conn| f(conn).map_err(ApiError::from))
-            .await
-    }
-
-    /// Like [`AppState::db`], for reads that mix queries with checks
-    /// answering `ApiError`.
-    pub async fn db_with<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.read(f, false).await
-    }
-
-    /// Like [`AppState::db_with`], for a read that may take long (a page
-    /// of users): reads queued while it runs do not wait for its thread.
-    pub async fn db_long<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.read(f, true).await
-    }
-
-    async fn read<T, F>(&self, f: F, long: bool) -> Result<T, ApiError>
-    where
-        F: FnOnce(&rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: readers::Job = Box::new(move |conn| {
-            let _ = tx.send(
-                conn.map_err(ApiError::from)
-                    .and_then(|conn| db::read(conn, f)),
-            );
-        });
-        if long {
-            self.readers.submit_long(job);
-        } else {
-            self.readers.submit(job);
-        }
-        rx.await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database read failed")))?
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|err| StateError::Unavailable(err.to_string()))?;
+            db::read(&conn, f)
+        })
+        .await
+        .map_err(|err| StateError::Crashed(format!("a database read failed: {err}")))?
     }
 
     /// Runs `f`, which writes, on the writer thread, inside a transaction
     /// it may share with other requests (each in its own savepoint: an
     /// error undoes only this request's changes). It resolves once the
     /// commit holding the change is synced to disk.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<StateError> + DatabaseCause + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer.submit(Box::new(move |conn| {
             let result = match conn {
                 Ok(conn) => f(conn),
-                Err(err) => Err(ApiError::from_pool(err)),
+                Err(err) => Err(E::from(StateError::Unavailable(err.to_string()))),
             };
             Done {
                 succeeded: result.is_ok(),
                 cause: match &result {
-                    Err(ApiError::Database(err)) => Some(writer::copy_error(err)),
-                    _ => None,
+                    Err(err) => err.database_cause().map(writer::copy_error),
+                    Ok(_) => None,
                 },
                 // Sent even when the caller has gone: the change stands.
                 answer: Box::new(move |lost| {
                     let _ = tx.send(match lost {
-                        Some(err) => Err(ApiError::Database(err)),
+                        Some(err) => Err(E::from(StateError::Database(err))),
                         None => result,
                     });
                 }),
             }
         }));
         rx.await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("a database write failed")))?
+            .map_err(|_| StateError::Crashed("a database write failed".to_owned()))?
     }
 
-    /// Runs `f` (which hashes a password, and may use the database) on the
-    /// blocking pool once a hashing slot is free: at most one hash per core
-    /// at a time, and at most `max_queued_hashes` waiting (503 past that).
-    pub async fn hashing<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Runs `f` (a password hash) on the blocking pool once a hashing slot
+    /// is free: at most one hash per core at a time, and at most
+    /// `max_queued_hashes` waiting ([`StateError::Busy`] past that).
+    pub async fn hashing<T, F>(&self, f: F) -> Result<T, StateError>
     where
-        F: FnOnce(&db::Pool) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let permit = self.hashes.acquire().await?;
-        let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             // The permit lives as long as the hash, even if the client
             // goes away and this future is dropped.
             let _permit = permit;
-            f(&pool)
+            f()
         })
-        .await?
+        .await
+        .map_err(|err| StateError::Crashed(format!("a password hash failed: {err}")))
     }
 }
 
 /// One slot per CPU core for password hashing, with a bounded queue.
 #[derive(Debug)]
-pub struct HashGate {
+struct HashGate {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
 }
 
+/// Counts a waiter for as long as it waits.
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl Drop for Waiting<'_> {
@@ -234,8 +216,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl HashGate {
-    /// `slots` concurrent hashes, `max_waiting` more queued.
-    pub fn new(slots: usize, max_waiting: usize) -> HashGate {
+    fn new(slots: usize, max_waiting: usize) -> HashGate {
         HashGate {
             slots: Arc::new(Semaphore::new(slots.max(1))),
             waiting: AtomicUsize::new(0),
@@ -244,20 +225,20 @@ impl HashGate {
     }
 
     /// Waits for a slot; `Busy` when the queue is full.
-    pub async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    async fn acquire(&self) -> Result<OwnedSemaphorePermit, StateError> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
         let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
         if ahead >= self.max_waiting {
-            return Err(ApiError::Busy);
+            return Err(StateError::Busy);
         }
         self.slots
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| ApiError::Internal(e.into()))
+            .map_err(|err| StateError::Crashed(err.to_string()))
     }
 }
 
@@ -274,7 +255,7 @@ mod tests {
             tokio::spawn(async move { gate.acquire().await.map(drop) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(matches!(gate.acquire().await, Err(ApiError::Busy)));
+        assert!(matches!(gate.acquire().await, Err(StateError::Busy)));
         drop(held);
         queued.await.unwrap().unwrap();
         drop(gate.acquire().await.unwrap());

@@ -10,6 +10,8 @@ use warp::{Rejection, Reply};
 
 use crate::auth::jwt::TokenError;
 use crate::model::FieldErrors;
+use crate::request_id::RequestId;
+use crate::state::{DatabaseCause, StateError};
 
 /// Every failure of a request, named for its outcome.
 #[derive(Debug)]
@@ -80,24 +82,27 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-impl From<r2d2::Error> for ApiError {
-    fn from(err: r2d2::Error) -> Self {
-        ApiError::from_pool(&err)
+impl From<StateError> for ApiError {
+    fn from(err: StateError) -> Self {
+        match err {
+            StateError::Unavailable(cause) => ApiError::Unavailable(cause),
+            StateError::Database(err) => ApiError::Database(err),
+            StateError::Busy => ApiError::Busy,
+            StateError::Crashed(what) => ApiError::Internal(anyhow::anyhow!(what)),
+        }
     }
 }
 
-impl From<tokio::task::JoinError> for ApiError {
-    fn from(err: tokio::task::JoinError) -> Self {
-        ApiError::Internal(anyhow::anyhow!("blocking task failed: {err}"))
+impl DatabaseCause for ApiError {
+    fn database_cause(&self) -> Option<&rusqlite::Error> {
+        match self {
+            ApiError::Database(err) => Some(err),
+            _ => None,
+        }
     }
 }
 
 impl ApiError {
-    /// No pooled connection could be had.
-    pub fn from_pool(err: &r2d2::Error) -> ApiError {
-        ApiError::Unavailable(err.to_string())
-    }
-
     /// A single field error.
     pub fn field(field: &str, message: impl Into<String>) -> ApiError {
         ApiError::Validation(FieldErrors::from([(
@@ -173,7 +178,7 @@ impl ApiError {
                 &format!("Unsupported media type \"{media}\" in request."),
             ),
             Throttled { wait } => {
-                let seconds = super::throttle::retry_after_seconds(*wait);
+                let seconds = retry_after_seconds(*wait);
                 let unit = if seconds == 1 { "second" } else { "seconds" };
                 detail(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -220,7 +225,7 @@ impl ApiError {
 /// cause in the log.
 fn server_error() -> (StatusCode, Value) {
     let mut body = json!({"detail": "A server error occurred."});
-    if let Some(id) = crate::server::request_id() {
+    if let Some(id) = RequestId::current() {
         body["request_id"] = Value::String(id.to_string());
     }
     (StatusCode::INTERNAL_SERVER_ERROR, body)
@@ -231,13 +236,9 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
-/// `response`, labelled as JSON.
-pub fn json_typed(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+/// Whole seconds to announce in `Retry-After`: never 0.
+pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 
 impl Reply for ApiError {
@@ -262,7 +263,7 @@ pub fn error_response(err: &ApiError) -> Response {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         (_, ApiError::Throttled { wait }) => {
-            let seconds = super::throttle::retry_after_seconds(*wait);
+            let seconds = retry_after_seconds(*wait);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         (StatusCode::SERVICE_UNAVAILABLE, _) => {
@@ -343,6 +344,15 @@ mod tests {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body, json!({"detail": "A server error occurred."}));
         assert!(!body.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        use std::time::Duration;
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(11_500)), 12);
+        assert_eq!(retry_after_seconds(Duration::from_secs(12)), 12);
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
     }
 
     #[test]

