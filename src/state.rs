@@ -8,7 +8,6 @@ pub mod throttle;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -198,47 +197,32 @@ impl AppState {
     }
 }
 
-/// One slot per CPU core for password hashing, with a bounded queue.
+/// One slot per CPU core for password hashing, with a bounded queue: a
+/// hash is admitted while fewer than `slots + max_waiting` are admitted,
+/// then waits for a slot.
 #[derive(Debug)]
 struct HashGate {
+    admitted: Arc<Semaphore>,
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
 }
 
-/// Counts a waiter for as long as it waits.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// A hash's place: admitted, and holding a slot.
+type Permit = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 impl HashGate {
     fn new(slots: usize, max_waiting: usize) -> HashGate {
         HashGate {
+            admitted: Arc::new(Semaphore::new(slots.max(1) + max_waiting)),
             slots: Arc::new(Semaphore::new(slots.max(1))),
-            waiting: AtomicUsize::new(0),
-            max_waiting,
         }
     }
 
     /// Waits for a slot; `Busy` when the queue is full.
-    async fn acquire(&self) -> Result<OwnedSemaphorePermit, StateError> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        if ahead >= self.max_waiting {
-            return Err(StateError::Busy);
-        }
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|err| StateError::Crashed(err.to_string()))
+    async fn acquire(&self) -> Result<Permit, StateError> {
+        let admitted = (self.admitted.clone().try_acquire_owned()).map_err(|_| StateError::Busy)?;
+        let slot = self.slots.clone().acquire_owned().await;
+        let slot = slot.map_err(|err| StateError::Crashed(err.to_string()))?;
+        Ok((admitted, slot))
     }
 }
 

@@ -300,6 +300,12 @@ where
         })
 }
 
+/// The first of the routes that matches: `a.or(b).unify().or(c)...`.
+macro_rules! first_of {
+    ($first:expr $(, $rest:expr)* $(,)?) => { $first $(.or($rest).unify())* };
+}
+pub(crate) use first_of;
+
 /// Turns a handler's result into a reply.
 pub fn reply<T: Reply>(result: Result<T, ApiError>) -> Response {
     match result {

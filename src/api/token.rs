@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{ApiError, json_response};
-use super::filters::{self, RawBody, client_address, with_state};
+use super::filters::{self, RawBody, client_address, first_of, with_state};
 use crate::AppState;
 use crate::auth::jwt::{Claims, TokenError, TokenType, now};
 use crate::auth::password;
@@ -26,73 +26,41 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let refresh_path = || warp::path!("api" / "token" / "refresh");
     let verify_path = || warp::path!("api" / "token" / "verify");
     let blacklist_path = || warp::path!("api" / "token" / "blacklist");
-
-    // POST /api/token
-    let obtain = obtain_path()
-        .and(warp::post())
-        .and(filters::body(max_body))
-        .and(client_address(state.clone()))
-        .and(with_state(state.clone()))
-        .then(obtain)
-        .map(filters::reply);
-
-    // POST /api/token/refresh
-    let refresh = refresh_path()
-        .and(warp::post())
-        .and(filters::body(max_body))
-        .and(with_state(state.clone()))
-        .then(refresh)
-        .map(filters::reply);
-
-    // POST /api/token/verify
-    let verify = verify_path()
-        .and(warp::post())
-        .and(filters::body(max_body))
-        .and(with_state(state.clone()))
-        .then(verify)
-        .map(filters::reply);
-
-    // POST /api/token/blacklist
-    let blacklist = blacklist_path()
-        .and(warp::post())
-        .and(filters::body(max_body))
-        .and(with_state(state))
-        .then(blacklist)
-        .map(filters::reply);
-
+    let post = || warp::post().and(filters::body(max_body));
+    let state_ = || with_state(state.clone());
     let post_only = "POST, OPTIONS";
-    obtain
-        .or(filters::other_methods(
-            obtain_path(),
-            "Token Obtain Pair",
-            post_only,
-        ))
-        .unify()
-        .or(refresh)
-        .unify()
-        .or(filters::other_methods(
-            refresh_path(),
-            "Token Refresh",
-            post_only,
-        ))
-        .unify()
-        .or(verify)
-        .unify()
-        .or(filters::other_methods(
-            verify_path(),
-            "Token Verify",
-            post_only,
-        ))
-        .unify()
-        .or(blacklist)
-        .unify()
-        .or(filters::other_methods(
-            blacklist_path(),
-            "Token Blacklist",
-            post_only,
-        ))
-        .unify()
-        .boxed()
+    first_of![
+        // POST /api/token
+        obtain_path()
+            .and(post())
+            .and(client_address(state.clone()))
+            .and(state_())
+            .then(obtain)
+            .map(filters::reply),
+        filters::other_methods(obtain_path(), "Token Obtain Pair", post_only),
+        // POST /api/token/refresh
+        refresh_path()
+            .and(post())
+            .and(state_())
+            .then(refresh)
+            .map(filters::reply),
+        filters::other_methods(refresh_path(), "Token Refresh", post_only),
+        // POST /api/token/verify
+        verify_path()
+            .and(post())
+            .and(state_())
+            .then(verify)
+            .map(filters::reply),
+        filters::other_methods(verify_path(), "Token Verify", post_only),
+        // POST /api/token/blacklist
+        blacklist_path()
+            .and(post())
+            .and(state_())
+            .then(blacklist)
+            .map(filters::reply),
+        filters::other_methods(blacklist_path(), "Token Blacklist", post_only),
+    ]
+    .boxed()
 }
 
 fn now_i64() -> i64 {

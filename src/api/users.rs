@@ -9,7 +9,7 @@ use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, ResultExt};
 use super::filters::{
-    self, Bearer, Caller, RawBody, authenticated, authorize, client_address, get_or_head,
+    self, Bearer, Caller, RawBody, authenticated, authorize, client_address, first_of, get_or_head,
     with_state,
 };
 use super::listing;
@@ -55,134 +55,89 @@ impl UserRef {
 pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     let list_path = || warp::path!("api" / "users");
     let me_path = || warp::path!("api" / "users" / "me");
+    let password_path = || warp::path!("api" / "users" / "me" / "password");
+    let logout_all_path = || warp::path!("api" / "users" / "me" / "logout-all");
     let one_path = || warp::path!("api" / "users" / UserRef);
     let one_path_only = || one_path().map(|_| ()).untuple_one();
     let auth = || authenticated(state.clone());
     let bearer = || filters::bearer(state.clone());
+    let body = || filters::body(max_body);
     let state_ = || with_state(state.clone());
-
-    // POST /api/users
-    let create = list_path()
-        .and(warp::post())
-        .and(filters::authorization())
-        .and(filters::body(max_body))
-        .and(state_())
-        .then(create)
-        .map(filters::reply);
-
-    // POST /api/users/me/password
-    let password_path = || warp::path!("api" / "users" / "me" / "password");
-    let change_password = password_path()
-        .and(warp::post())
-        .and(auth())
-        .and(filters::body(max_body))
-        .and(client_address(state.clone()))
-        .and(state_())
-        .then(change_password)
-        .map(filters::reply);
-
-    // POST /api/users/me/logout-all
-    let logout_all_path = || warp::path!("api" / "users" / "me" / "logout-all");
-    let logout_all = logout_all_path()
-        .and(warp::post())
-        .and(auth())
-        .and(state_())
-        .then(logout_all)
-        .map(filters::reply);
-
-    // GET /api/users/me
-    let me = me_path()
-        .and(get_or_head())
-        .and(bearer())
-        .and(state_())
-        .then(get_me)
-        .map(filters::reply);
-
-    // GET /api/users/{id}
-    let get_one = one_path()
-        .and(get_or_head())
-        .and(bearer())
-        .and(state_())
-        .then(get_user)
-        .map(filters::reply);
-
-    // PUT /api/users/{id}
-    let put = one_path()
-        .and(warp::put())
-        .and(bearer())
-        .and(filters::body(max_body))
-        .and(state_())
-        .then(put_user)
-        .map(filters::reply);
-
-    // PATCH /api/users/{id}
-    let patch = one_path()
-        .and(warp::patch())
-        .and(bearer())
-        .and(filters::body(max_body))
-        .and(state_())
-        .then(patch_user)
-        .map(filters::reply);
-
-    // DELETE /api/users/{id}
-    let delete = one_path()
-        .and(warp::delete())
-        .and(bearer())
-        .and(state_())
-        .then(delete)
-        .map(filters::reply);
-
-    // The caller's own paths, tried only for paths under /api/users/me.
-    let me_routes = me
-        .or(change_password)
-        .unify()
-        .or(filters::other_methods(
-            password_path(),
-            "Password Change",
-            "POST, OPTIONS",
-        ))
-        .unify()
-        .or(logout_all)
-        .unify()
-        .or(filters::other_methods(
-            logout_all_path(),
-            "Logout All",
-            "POST, OPTIONS",
-        ))
-        .unify()
-        .or(filters::other_methods(
-            me_path(),
-            "User Me",
-            "GET, HEAD, OPTIONS",
-        ))
-        .unify();
-
-    listing::list_route(state.clone())
-        .or(create)
-        .unify()
-        .or(filters::other_methods(
-            list_path(),
-            "User List",
-            "GET, POST, HEAD, OPTIONS",
-        ))
-        .unify()
-        .or(me_routes)
-        .unify()
-        .or(get_one)
-        .unify()
-        .or(put)
-        .unify()
-        .or(patch)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(filters::other_methods(
+    first_of![
+        // GET /api/users
+        listing::list_route(state.clone()),
+        // POST /api/users
+        list_path()
+            .and(warp::post())
+            .and(filters::authorization())
+            .and(body())
+            .and(state_())
+            .then(create)
+            .map(filters::reply),
+        filters::other_methods(list_path(), "User List", "GET, POST, HEAD, OPTIONS"),
+        // GET /api/users/me
+        me_path()
+            .and(get_or_head())
+            .and(bearer())
+            .and(state_())
+            .then(get_me)
+            .map(filters::reply),
+        // POST /api/users/me/password
+        password_path()
+            .and(warp::post())
+            .and(auth())
+            .and(body())
+            .and(client_address(state.clone()))
+            .and(state_())
+            .then(change_password)
+            .map(filters::reply),
+        filters::other_methods(password_path(), "Password Change", "POST, OPTIONS"),
+        // POST /api/users/me/logout-all
+        logout_all_path()
+            .and(warp::post())
+            .and(auth())
+            .and(state_())
+            .then(logout_all)
+            .map(filters::reply),
+        filters::other_methods(logout_all_path(), "Logout All", "POST, OPTIONS"),
+        filters::other_methods(me_path(), "User Me", "GET, HEAD, OPTIONS"),
+        // GET /api/users/{id}
+        one_path()
+            .and(get_or_head())
+            .and(bearer())
+            .and(state_())
+            .then(get_user)
+            .map(filters::reply),
+        // PUT /api/users/{id}
+        one_path()
+            .and(warp::put())
+            .and(bearer())
+            .and(body())
+            .and(state_())
+            .then(put_user)
+            .map(filters::reply),
+        // PATCH /api/users/{id}
+        one_path()
+            .and(warp::patch())
+            .and(bearer())
+            .and(body())
+            .and(state_())
+            .then(patch_user)
+            .map(filters::reply),
+        // DELETE /api/users/{id}
+        one_path()
+            .and(warp::delete())
+            .and(bearer())
+            .and(state_())
+            .then(delete)
+            .map(filters::reply),
+        filters::other_methods(
             one_path_only(),
             "User Instance",
-            "GET, PUT, PATCH, DELETE, HEAD, OPTIONS",
-        ))
-        .unify()
-        .boxed()
+            "GET, PUT, PATCH, DELETE, HEAD, OPTIONS"
+        ),
+    ]
+    .boxed()
 }
 
 fn user_reply(status: StatusCode, user: &User) -> Response {

@@ -122,35 +122,18 @@ impl ListQuery {
 
     /// The keyset condition "after `last` in this order", with parameters.
     fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
-        let values: Vec<_> = self.keys().iter().map(|(c, _)| c.value(last)).collect();
-        self.keyset_from(&values, false)
-    }
-
-    /// The keyset condition "after (or at, when `inclusive`) the row whose
-    /// sort keys are `values`", with parameters.
-    fn keyset_from(
-        &self,
-        values: &[rusqlite::types::Value],
-        inclusive: bool,
-    ) -> (String, Vec<rusqlite::types::Value>) {
         let keys = self.keys();
         let mut alternatives = Vec::new();
         let mut params = Vec::new();
         for (i, (column, desc)) in keys.iter().enumerate() {
             let mut parts = Vec::new();
-            for (j, (earlier, _)) in keys[..i].iter().enumerate() {
+            for (earlier, _) in &keys[..i] {
                 parts.push(format!("{} = ?", earlier.column()));
-                params.push(values[j].clone());
+                params.push(earlier.value(last));
             }
-            let last = i + 1 == keys.len();
-            let op = match (*desc, inclusive && last) {
-                (false, false) => ">",
-                (false, true) => ">=",
-                (true, false) => "<",
-                (true, true) => "<=",
-            };
+            let op = if *desc { "<" } else { ">" };
             parts.push(format!("{} {op} ?", column.column()));
-            params.push(values[i].clone());
+            params.push(column.value(last));
             alternatives.push(format!("({})", parts.join(" AND ")));
         }
         (format!("({})", alternatives.join(" OR ")), params)
@@ -165,10 +148,8 @@ fn where_clause(conditions: &[String]) -> String {
     }
 }
 
-/// One page by `LIMIT`/`OFFSET`. Unfiltered deep pages first find the
-/// page's first row, then read the page by keyset: in id order (the
-/// default) through `seek`, in the other orders by stepping over `offset`
-/// entries of the ordering's index (sort keys only).
+/// One page by `LIMIT`/`OFFSET`; an unfiltered deep page in id order (the
+/// default) finds its first id through `seek` and reads on from there.
 pub fn page(
     conn: &Connection,
     query: &ListQuery,
@@ -176,41 +157,22 @@ pub fn page(
     offset: i64,
     seek: &impl IdPositions,
 ) -> rusqlite::Result<Vec<User>> {
-    if offset > 0 && query.filters().0.is_empty() {
-        let keys = query.keys();
-        let start: Option<Vec<rusqlite::types::Value>> = match keys.as_slice() {
-            [(SortColumn::Id, descending)] if offset >= SEEK_STRIDE => seek
-                .id_at(conn, offset, *descending)?
-                .map(|id| vec![rusqlite::types::Value::Integer(id)]),
-            _ => {
-                let columns: Vec<&str> = keys.iter().map(|(c, _)| c.column()).collect();
-                let seek_index = if columns == ["id"] {
-                    " INDEXED BY users_id_seek"
-                } else {
-                    ""
-                };
-                let sql = format!(
-                    "SELECT {} FROM users{seek_index} ORDER BY {} LIMIT 1 OFFSET ?1",
-                    columns.join(", "),
-                    query.order_by()
-                );
-                conn.prepare_cached(&sql)?
-                    .query_row([offset], |row| {
-                        (0..columns.len()).map(|i| row.get(i)).collect()
-                    })
-                    .optional()?
-            }
-        };
-        let Some(start) = start else {
+    if let ([(SortColumn::Id, descending)], true) = (
+        query.keys().as_slice(),
+        offset >= SEEK_STRIDE && query.filters().0.is_empty(),
+    ) {
+        let Some(start) = seek.id_at(conn, offset, *descending)? else {
             return Ok(Vec::new());
         };
-        let (condition, mut params) = query.keyset_from(&start, true);
+        let (op, order) = if *descending {
+            ("<=", "DESC")
+        } else {
+            (">=", "ASC")
+        };
         let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE {condition} ORDER BY {} LIMIT ?",
-            query.order_by()
+            "SELECT {USER_COLUMNS} FROM users WHERE id {op} ?1 ORDER BY id {order} LIMIT ?2"
         );
-        params.push(rusqlite::types::Value::Integer(limit));
-        return rows(conn, &sql, params);
+        return rows(conn, &sql, vec![start.into(), limit.into()]);
     }
     let (conditions, mut params) = query.filters();
     let sql = format!(
