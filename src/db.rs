@@ -255,6 +255,9 @@ pub fn restore(db: &Path, source: &Path) -> anyhow::Result<Option<PathBuf>> {
     let staged = dir.join(".rosterd-restore.tmp");
     std::fs::copy(source, &staged)
         .with_context(|| format!("cannot copy {} into {}", source.display(), dir.display()))?;
+    let floor = if db.exists() { last_user_id(db)? } else { 0 };
+    void_the_past(&staged, floor)
+        .with_context(|| format!("cannot prepare the restored copy of {}", source.display()))?;
     std::fs::File::open(&staged)?.sync_all()?;
     let kept = if db.exists() {
         // Fold the WAL into the old file first so the kept copy is whole.
@@ -284,6 +287,52 @@ pub fn restore(db: &Path, source: &Path) -> anyhow::Result<Option<PathBuf>> {
         let _ = dir.sync_all();
     }
     Ok(kept)
+}
+
+/// The largest user id `db` ever handed out (deleted users included).
+fn last_user_id(db: &Path) -> anyhow::Result<i64> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(conn.query_row(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'users'), 0), \
+                    coalesce((SELECT max(id) FROM users), 0))",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+/// Makes a restored copy safe to serve: every token issued before now is
+/// void (the copy has not seen the logouts, password changes and
+/// blacklists since it was made), and no id up to `floor` is handed out
+/// again (a token of a user who registered after the backup must never
+/// name a new registrant).
+fn void_the_past(copy: &Path, floor: i64) -> anyhow::Result<()> {
+    let conn = Connection::open(copy)?;
+    let now = i64::try_from(crate::auth::jwt::now()).unwrap_or(i64::MAX);
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    conn.execute(
+        "UPDATE users SET tokens_valid_after = max(tokens_valid_after, ?1)",
+        [valid_after(now)],
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'users', 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users')",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'users'",
+        [floor],
+    )?;
+    conn.execute_batch("COMMIT; PRAGMA journal_mode = DELETE;")?;
+    Ok(())
+}
+
+/// The first second from which tokens are valid again after a revocation
+/// whose instant, taken inside its write, is `now`. Two seconds on, not
+/// one: a read that began before the write committed (a refresh, a login)
+/// can still mint a token in the next second, and the commit is well under
+/// a second away from `now`.
+pub fn valid_after(now: i64) -> i64 {
+    now + 2
 }
 
 /// Applies every migration above `current`, each with its version bump in

@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line + headers), in bytes.
     pub max_header_bytes: usize,
+    /// The longest a reply may wait for the client to take more of it (a
+    /// client that stops reading a long listing loses its connection).
+    pub write_timeout: Duration,
 }
 
 impl Limits {
@@ -43,6 +46,7 @@ impl Limits {
             max_connections: server.max_connections,
             // hyper's floor for its read buffer.
             max_header_bytes: server.max_header_bytes.max(8192),
+            write_timeout: Duration::from_secs(server.request_timeout),
         }
     }
 }
@@ -86,6 +90,8 @@ pub async fn serve<S, F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let service = service.clone();
         let per_request = hyper::service::service_fn(move |request| {
             let id = RequestId::new();
@@ -105,7 +111,7 @@ pub async fn serve<S, F>(
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), per_request);
+            .serve_connection(TokioIo::new(Box::pin(stream)), per_request);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

@@ -81,6 +81,7 @@ async fn obtain(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let [username, password] = body.text_fields([("username", true), ("password", false)])?;
+    let _turn = state.throttle.turn(&username).await;
     state
         .throttle
         .check(&username, address)
@@ -190,10 +191,11 @@ pub async fn checked_refresh(
         .map_err(ApiError::InvalidToken)?;
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
     let jti = claims.jti.clone();
+    let grace = i64::try_from(state.config.auth.rotation_grace_period).unwrap_or(i64::MAX);
     let (user, revoked) = state
         .read(move |conn| -> Result<_, ApiError> {
             let user = db::users::auth_state(conn, id)?;
-            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti)?;
+            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti, now_i64(), grace)?;
             Ok((user, revoked))
         })
         .await?;

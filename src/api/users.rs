@@ -407,6 +407,7 @@ async fn change_password(
     let [old, new] = body.text_fields([("old_password", false), ("new_password", false)])?;
     // Keyed by the user's id: a new username gets no new budget.
     let key = format!("#{}", caller.id);
+    let _turn = state.throttle.turn(&key).await;
     let throttled = |wait| ApiError::Throttled { wait };
     state.throttle.check(&key, address).map_err(throttled)?;
     if old.len() > MAX_PASSWORD_BYTES {

@@ -34,11 +34,19 @@ pub fn prune(tx: &Connection, now: i64) -> rusqlite::Result<usize> {
         .execute([now])
 }
 
-/// Whether this refresh token was blacklisted or its family revoked.
-pub fn is_revoked(conn: &Connection, jti: &str) -> rusqlite::Result<bool> {
+/// Whether this refresh token was blacklisted, its family revoked, or
+/// rotation retired it more than `grace_seconds` before `now`.
+pub fn is_revoked(
+    conn: &Connection,
+    jti: &str,
+    now: i64,
+    grace_seconds: i64,
+) -> rusqlite::Result<bool> {
     Ok(conn
-        .prepare_cached("SELECT revoked FROM refresh_tokens WHERE jti = ?1")?
-        .query_row([jti], |row| row.get::<_, bool>(0))
+        .prepare_cached(
+            "SELECT revoked OR coalesce(?2 - retired_at > ?3, 0) FROM refresh_tokens WHERE jti = ?1",
+        )?
+        .query_row(params![jti, now, grace_seconds], |row| row.get::<_, bool>(0))
         .optional()?
         .unwrap_or(false))
 }
@@ -175,8 +183,8 @@ mod tests {
         let mut conn = pool.get().unwrap();
         assert!(blacklist(&mut conn, &token("a", id, 100), 0).unwrap());
         assert!(!blacklist(&mut conn, &token("a", id, 100), 0).unwrap());
-        assert!(is_revoked(&conn, "a").unwrap());
-        assert!(!is_revoked(&conn, "b").unwrap());
+        assert!(is_revoked(&conn, "a", 0, 0).unwrap());
+        assert!(!is_revoked(&conn, "b", 0, 0).unwrap());
     }
 
     #[test]
@@ -210,7 +218,7 @@ mod tests {
         assert_eq!(r("r1", "r4", 200), Rotation::ReuseDetected);
         assert_eq!(r("r2", "r5", 201), Rotation::Revoked);
         for jti in ["r1", "r2", "r3"] {
-            assert!(is_revoked(&conn, jti).unwrap(), "{jti}");
+            assert!(is_revoked(&conn, jti, 0, 0).unwrap(), "{jti}");
         }
     }
 }

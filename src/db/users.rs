@@ -2,6 +2,8 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::valid_after;
+
 use crate::model::{Account, NewUser, Status, User, UserChanges};
 
 const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
@@ -97,15 +99,6 @@ pub fn auth_state(conn: &Connection, id: i64) -> rusqlite::Result<Option<AuthSta
         })
     })
     .optional()
-}
-
-/// The first second from which tokens are valid again after a revocation
-/// at `now`: every token issued up to now has `iat <= now < now + 1`. The
-/// SQL raises it by at least one past its old value too: tokens issued
-/// after an earlier revocation in the same second carry `iat` = the old
-/// value, and a second revocation must void them as well.
-fn valid_after(now: i64) -> i64 {
-    now + 1
 }
 
 /// Voids every token of the user issued until now ("log out everywhere");

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub struct Throttle {
     blocked: Mutex<HashMap<Key, Instant>>,
     trusted_proxies: Vec<IpAddr>,
     checks: AtomicU64,
+    /// One attempt at a time per username (see [`Throttle::turn`]).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What is throttled.
@@ -48,6 +50,16 @@ impl std::fmt::Debug for Throttle {
 
 /// Forget idle keys every this many checks, so the maps stay bounded.
 const PRUNE_EVERY: u64 = 1024;
+
+/// The key of a username: ASCII case ignored, and no longer than any valid
+/// username can be, whatever a client sends.
+fn name_key(username: &str) -> String {
+    username
+        .chars()
+        .take(150)
+        .collect::<String>()
+        .to_lowercase()
+}
 
 /// `n` failures a minute: the cell of the n-th failure is the one governor
 /// refuses, which blocks the key, so the attempt after it is throttled.
@@ -71,9 +83,11 @@ impl Throttle {
             trusted_proxies: server
                 .trusted_proxies
                 .iter()
-                .filter_map(|p| p.parse().ok())
+                .filter_map(|p| p.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical())
                 .collect(),
             checks: AtomicU64::new(0),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -85,13 +99,15 @@ impl Throttle {
         peer: Option<IpAddr>,
         forwarded: impl Iterator<Item = &'a str>,
     ) -> Option<IpAddr> {
-        let peer = peer?;
+        // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = peer?.to_canonical();
         if !self.trusted_proxies.contains(&peer) {
             return Some(peer);
         }
         let forwarded: Vec<IpAddr> = forwarded
             .flat_map(|v| v.split(','))
-            .filter_map(|item| item.trim().parse().ok())
+            .filter_map(|item| item.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
             .collect();
         forwarded
             .iter()
@@ -103,7 +119,25 @@ impl Throttle {
     }
 
     fn keys(username: &str, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
-        std::iter::once(Key::Username(username.to_lowercase())).chain(address.map(Key::Address))
+        std::iter::once(Key::Username(name_key(username))).chain(address.map(Key::Address))
+    }
+
+    /// Waits until no other attempt for `username` is being checked, and
+    /// holds that turn until dropped: attempts sent at once are checked one
+    /// after another, each seeing the failures before it, so none slips
+    /// past a spent budget while the ones before it are still hashing.
+    pub async fn turn(&self, username: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if !self.enabled {
+            return None;
+        }
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            if turns.len() >= PRUNE_EVERY as usize {
+                turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            }
+            turns.entry(name_key(username)).or_default().clone()
+        };
+        Some(turn.lock_owned().await)
     }
 
     /// Refuses an attempt for a blocked username or address with the time
