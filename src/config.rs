@@ -68,7 +68,8 @@ pub struct ServerConfig {
     /// Peers (IP addresses) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
     /// Seconds to receive a request's headers; also the longest idle time
-    /// of a keep-alive connection.
+    /// of a keep-alive connection, and the longest a reply waits for the
+    /// client to read more of it.
     pub header_read_timeout: u64,
     /// Seconds to read a request's body and answer it.
     pub request_timeout: u64,

@@ -46,7 +46,7 @@ impl Limits {
             max_connections: server.max_connections,
             // hyper's floor for its read buffer.
             max_header_bytes: server.max_header_bytes.max(8192),
-            write_timeout: Duration::from_secs(server.request_timeout),
+            write_timeout: Duration::from_secs(server.header_read_timeout),
         }
     }
 }

@@ -12,6 +12,7 @@ mod kept;
 mod lifecycle;
 mod listing;
 mod operations;
+mod races;
 mod sessions;
 mod token;
 mod users;
