@@ -16,7 +16,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub fn init(format: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Its default buffer (128,000 lines, allocated at start) would cost
+    // more idle memory than the rest of the server; past a smaller one a
+    // logging thread waits instead of dropping its line.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(4096)
+        .lossy(false)
+        .finish(std::io::stderr());
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests) is harmless; its error is ignored.
