@@ -8,7 +8,6 @@ pub mod filters;
 mod health;
 mod listing;
 pub mod openapi;
-mod schemas;
 pub mod token;
 pub mod users;
 

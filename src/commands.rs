@@ -299,10 +299,6 @@ fn find_user(conn: &rusqlite::Connection, username: &str) -> anyhow::Result<mode
     db::users::by_username(conn, username)?.with_context(|| format!("no user named {username:?}"))
 }
 
-fn unix_now() -> i64 {
-    i64::try_from(crate::auth::jwt::now()).unwrap_or(i64::MAX)
-}
-
 fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
     let iterations = config.auth.pbkdf2_iterations;
     match command {
@@ -382,7 +378,7 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
                 &mut conn,
                 account.user.id,
                 &hash,
-                unix_now(),
+                model::unix_now(),
                 &model::timestamp_now(),
             )?;
             println!(
@@ -400,7 +396,7 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
                 &mut conn,
                 account.user.id,
                 active,
-                unix_now(),
+                model::unix_now(),
                 &model::timestamp_now(),
             )?;
             if active {

@@ -234,36 +234,25 @@ enum Kind {
     List,
 }
 
-/// Every config key as (section, key, kind): the source of the `ROSTERD_*`
-/// environment names. A unit test checks it against [`Config`].
-const KEYS: &[(&str, &str, Kind)] = &[
-    ("server", "bind", Kind::Str),
-    ("server", "max_body_bytes", Kind::Int),
-    ("server", "trusted_proxies", Kind::List),
-    ("server", "header_read_timeout", Kind::Int),
-    ("server", "request_timeout", Kind::Int),
-    ("server", "max_connections", Kind::Int),
-    ("server", "max_header_bytes", Kind::Int),
-    ("server", "cors_origins", Kind::List),
-    ("database", "path", Kind::Str),
-    ("database", "busy_timeout_ms", Kind::Int),
-    ("database", "pool_size", Kind::Int),
-    ("database", "max_size", Kind::Int),
-    ("auth", "secret", Kind::Str),
-    ("auth", "pbkdf2_iterations", Kind::Int),
-    ("auth", "access_token_lifetime", Kind::Int),
-    ("auth", "refresh_token_lifetime", Kind::Int),
-    ("auth", "issuer", Kind::Str),
-    ("auth", "audience", Kind::Str),
-    ("auth", "max_queued_hashes", Kind::Int),
-    ("auth", "rotate_refresh_tokens", Kind::Bool),
-    ("auth", "rotation_grace_period", Kind::Int),
-    ("registration", "open", Kind::Bool),
-    ("rate_limit", "enabled", Kind::Bool),
-    ("rate_limit", "per_username_per_minute", Kind::Int),
-    ("rate_limit", "per_address_per_minute", Kind::Int),
-    ("log", "format", Kind::Str),
-];
+/// Every config key as (section, key, kind), read off the defaults: the
+/// source of the `ROSTERD_*` environment names.
+fn keys() -> Vec<(String, String, Kind)> {
+    use serde_json::Value;
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut keys = Vec::new();
+    for (section, table) in defaults.as_object().into_iter().flatten() {
+        for (key, default) in table.as_object().into_iter().flatten() {
+            let kind = match default {
+                Value::Number(_) => Kind::Int,
+                Value::Bool(_) => Kind::Bool,
+                Value::Array(_) => Kind::List,
+                _ => Kind::Str,
+            };
+            keys.push((section.clone(), key.clone(), kind));
+        }
+    }
+    keys
+}
 
 /// Short environment names for the keys everybody sets.
 const SHORT_NAMES: &[(&str, &str, &str)] = &[
@@ -298,6 +287,11 @@ impl Config {
             Some(text) => toml::from_str(text).with_context(|| format!("cannot read {origin}"))?,
             None => toml::Table::new(),
         };
+        let keys = keys();
+        let kind_of = |section: &str, key: &str| {
+            let found = keys.iter().find(|(s, k, _)| s == section && k == key);
+            found.map_or(Kind::Str, |(_, _, kind)| *kind)
+        };
         // Long names are applied after short ones, so the precise name wins.
         let mut short = BTreeMap::new();
         let mut long = BTreeMap::new();
@@ -307,12 +301,15 @@ impl Config {
             }
             if let Some((_, section, key)) = SHORT_NAMES.iter().find(|(n, _, _)| *n == name) {
                 let kind = kind_of(section, key);
-                short.insert(name.clone(), (*section, *key, kind, value));
-            } else if let Some((section, key, kind)) = KEYS
+                short.insert(
+                    name.clone(),
+                    (section.to_string(), key.to_string(), kind, value),
+                );
+            } else if let Some((section, key, kind)) = keys
                 .iter()
                 .find(|(section, key, _)| env_name(section, key) == name)
             {
-                long.insert(name.clone(), (*section, *key, *kind, value));
+                long.insert(name.clone(), (section.clone(), key.clone(), *kind, value));
             } else {
                 bail!(
                     "unknown environment variable {name}: no config key has that name \
@@ -342,11 +339,11 @@ impl Config {
                     ),
                 };
             let table = tree
-                .entry(section)
+                .entry(section.as_str())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match table {
                 toml::Value::Table(table) => {
-                    table.insert(key.to_owned(), value);
+                    table.insert(key, value);
                 }
                 _ => bail!("in {origin}: [{section}] must be a table"),
             }
@@ -467,12 +464,6 @@ fn parse_bool(value: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
-}
-
-fn kind_of(section: &str, key: &str) -> Kind {
-    KEYS.iter()
-        .find(|(s, k, _)| *s == section && *k == key)
-        .map_or(Kind::Str, |(_, _, kind)| *kind)
 }
 
 /// A fresh random secret: 64 hex characters (32 bytes of entropy).
@@ -602,13 +593,14 @@ mod tests {
 
     #[test]
     fn every_key_has_an_environment_twin_that_reaches_the_config() {
-        for (section, key, kind) in KEYS {
+        for (section, key, kind) in keys() {
+            let (section, key) = (section.as_str(), key.as_str());
             let value = match kind {
-                Kind::Str if *key == "format" => "json",
+                Kind::Str if key == "format" => "json",
                 Kind::Str => "some-value",
                 Kind::Int => "4242",
                 Kind::Bool => "false",
-                Kind::List if *key == "cors_origins" => "https://app.example",
+                Kind::List if key == "cors_origins" => "https://app.example",
                 Kind::List => "127.0.0.1",
             };
             let config =
@@ -633,7 +625,7 @@ mod tests {
     #[test]
     fn example_config_documents_every_key_and_parses_when_uncommented() {
         let example = include_str!("../config.example.toml");
-        for (section, key, _) in KEYS {
+        for (section, key, _) in keys() {
             assert!(
                 example.contains(&format!("# {key} = ")),
                 "config.example.toml lacks {section}.{key}"

@@ -307,11 +307,10 @@ fn last_user_id(db: &Path) -> anyhow::Result<i64> {
 /// name a new registrant).
 fn void_the_past(copy: &Path, floor: i64) -> anyhow::Result<()> {
     let conn = Connection::open(copy)?;
-    let now = i64::try_from(crate::auth::jwt::now()).unwrap_or(i64::MAX);
     conn.execute_batch("BEGIN IMMEDIATE")?;
     conn.execute(
         "UPDATE users SET tokens_valid_after = max(tokens_valid_after, ?1)",
-        [valid_after(now)],
+        [valid_after(crate::model::unix_now())],
     )?;
     conn.execute(
         "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'users', 0 \

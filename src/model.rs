@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// A user as rendered everywhere: exactly the eight public keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     /// Assigned by the database, never reused.
     pub id: i64,
@@ -18,19 +18,15 @@ pub struct User {
     /// Unique ignoring case.
     pub email: String,
     /// At least 0; new users get 1.
-    #[schema(minimum = 0)]
     pub level: i64,
     /// Presence status.
     pub status: Status,
     /// `""` or an absolute http(s) URL.
     #[serde(rename = "profilePicture")]
-    #[schema(max_length = 2048)]
     pub profile_picture: String,
     /// RFC 3339 UTC; never changes.
-    #[schema(format = DateTime)]
     pub created_at: String,
     /// RFC 3339 UTC; set on every change.
-    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -50,7 +46,7 @@ pub struct Account {
 }
 
 /// Presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Online.
@@ -99,6 +95,13 @@ pub struct NewUser {
     pub profile_picture: String,
     /// Staff flag (only the CLI sets it).
     pub is_staff: bool,
+}
+
+/// Seconds since the epoch, as the database stores instants.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Now as stored and rendered: RFC 3339 UTC with microseconds and `Z`.

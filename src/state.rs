@@ -23,37 +23,22 @@ use writer::{Done, Writer};
 
 /// Why work sent off the async workers did not come back with its own
 /// answer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// No pooled connection could be had in time (r2d2's reason).
+    #[error("no database connection: {0}")]
     Unavailable(String),
     /// A database error (for a write: also one that undid a change that
     /// had succeeded, when its shared commit failed).
-    Database(rusqlite::Error),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
     /// Too many password hashes are waiting for a core.
+    #[error("too many password hashes waiting")]
     Busy,
     /// The work panicked or its thread is gone (a bug).
+    #[error("{0}")]
     Crashed(String),
 }
-
-impl From<rusqlite::Error> for StateError {
-    fn from(err: rusqlite::Error) -> Self {
-        StateError::Database(err)
-    }
-}
-
-impl std::fmt::Display for StateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StateError::Unavailable(err) => write!(f, "no database connection: {err}"),
-            StateError::Database(err) => write!(f, "database error: {err}"),
-            StateError::Busy => f.write_str("too many password hashes waiting"),
-            StateError::Crashed(what) => write!(f, "{what}"),
-        }
-    }
-}
-
-impl std::error::Error for StateError {}
 
 /// The database error a failed write carries, if any: when SQLite rolled
 /// back a shared commit, the requests in it are told this cause.

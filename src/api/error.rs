@@ -279,16 +279,13 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     if let Some(err) = rejection.find::<ApiError>() {
         return Ok(error_response(err));
     }
-    if rejection.is_not_found() {
+    // Every known path has its own 405 filter with an Allow header; warp's
+    // own 405 is only reached for paths outside the API.
+    if rejection.is_not_found() || rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         return Ok(error_response(&ApiError::NotFound));
     }
     if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         return Ok(error_response(&ApiError::MalformedQuery));
-    }
-    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        // Every known path has its own 405 filter with an Allow header;
-        // this is only reached for paths outside the API.
-        return Ok(error_response(&ApiError::NotFound));
     }
     tracing::error!(?rejection, "unhandled rejection");
     Ok(error_response(&ApiError::Internal(anyhow::anyhow!(

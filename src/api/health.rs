@@ -26,11 +26,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// Whether the database answers.
-#[utoipa::path(get, path = "/api/health", tag = "health",
-    responses(
-        (status = 200, description = "The database answers", body = super::schemas::Health),
-        (status = 503, description = "It does not", body = super::schemas::Health),
-    ))]
 pub async fn health_check(state: AppState) -> Response {
     let ping = state
         .read(|conn| -> Result<_, ApiError> { Ok(crate::db::ping(conn)?) })

@@ -140,14 +140,6 @@ fn link_header(kept: &[(String, String)], limit: i64, offset: i64, total: i64) -
 }
 
 /// Every user (streamed), or one page of them with `limit`.
-#[utoipa::path(get, path = "/api/users", tag = "users",
-    params(super::schemas::ListQueryDoc),
-    security(("jwt" = [])),
-    responses(
-        (status = 200, description = "Users ordered by id (or `ordering`); with `limit`, \
-            the page, with `X-Total-Count` and `Link`", body = Vec<User>),
-        (status = 400, description = "A bad query parameter", body = super::schemas::FieldErrors),
-    ))]
 async fn list(
     bearer: Bearer,
     pairs: Vec<(String, String)>,

@@ -12,10 +12,11 @@ use warp::reply::Response;
 use super::error::{ApiError, json_response};
 use super::filters::{self, RawBody, client_address, first_of, with_state};
 use crate::AppState;
-use crate::auth::jwt::{Claims, TokenError, TokenType, now};
+use crate::auth::jwt::{Claims, TokenError, TokenType};
 use crate::auth::password;
 use crate::db;
 use crate::db::tokens::{Issued, Rotation};
+use crate::model::unix_now;
 
 /// Passwords longer than this (in bytes) are refused without hashing.
 pub const MAX_PASSWORD_BYTES: usize = 4096;
@@ -63,18 +64,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
     .boxed()
 }
 
-fn now_i64() -> i64 {
-    i64::try_from(now()).unwrap_or(i64::MAX)
-}
-
 /// Logs in: a fresh access + refresh pair.
-#[utoipa::path(post, path = "/api/token", tag = "tokens",
-    request_body(content = super::schemas::Credentials, content_type = "application/json"),
-    responses(
-        (status = 200, description = "A new pair", body = crate::auth::jwt::Pair),
-        (status = 401, description = "Wrong username or password, or inactive", body = super::schemas::Detail),
-        (status = 429, description = "Too many attempts", body = super::schemas::Detail),
-    ))]
 async fn obtain(
     body: RawBody,
     address: Option<IpAddr>,
@@ -103,7 +93,7 @@ async fn obtain(
                 Ok(db::tokens::record_login(
                     conn,
                     &issued(&refresh),
-                    now_i64(),
+                    unix_now(),
                 )?)
             })
             .await?;
@@ -195,7 +185,7 @@ pub async fn checked_refresh(
     let (user, revoked) = state
         .read(move |conn| -> Result<_, ApiError> {
             let user = db::users::auth_state(conn, id)?;
-            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti, now_i64(), grace)?;
+            let revoked = check_blacklist && db::tokens::is_revoked(conn, &jti, unix_now(), grace)?;
             Ok((user, revoked))
         })
         .await?;
@@ -221,12 +211,6 @@ fn refresh_checks(
 }
 
 /// A new access token (and, with rotation, a new refresh token).
-#[utoipa::path(post, path = "/api/token/refresh", tag = "tokens",
-    request_body(content = super::schemas::RefreshRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "A new access token", body = super::schemas::Refreshed),
-        (status = 401, description = "A bad, expired, blacklisted or wrong-type token", body = super::schemas::AuthError),
-    ))]
 async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = body.text_fields([("refresh", false)])?;
     let rotate = state.config.auth.rotate_refresh_tokens;
@@ -246,7 +230,7 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
                 conn,
                 &issued(&claims),
                 &issued(&new),
-                now_i64(),
+                unix_now(),
                 grace,
             )?)
         })
@@ -265,12 +249,6 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
 }
 
 /// Whether a token of either type is valid.
-#[utoipa::path(post, path = "/api/token/verify", tag = "tokens",
-    request_body(content = super::schemas::VerifyRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Valid", body = super::schemas::Empty),
-        (status = 401, description = "Not valid", body = super::schemas::AuthError),
-    ))]
 async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = body.text_fields([("token", false)])?;
     let claims = state
@@ -300,12 +278,6 @@ async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
 }
 
 /// Logs out: the refresh token never works again.
-#[utoipa::path(post, path = "/api/token/blacklist", tag = "tokens",
-    request_body(content = super::schemas::RefreshRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Blacklisted", body = super::schemas::Empty),
-        (status = 401, description = "A bad or already blacklisted token", body = super::schemas::AuthError),
-    ))]
 async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = body.text_fields([("refresh", false)])?;
     let claims = state
@@ -314,7 +286,7 @@ async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError>
         .map_err(ApiError::InvalidToken)?;
     let newly = state
         .write(move |conn| -> Result<_, ApiError> {
-            Ok(db::tokens::blacklist(conn, &issued(&claims), now_i64())?)
+            Ok(db::tokens::blacklist(conn, &issued(&claims), unix_now())?)
         })
         .await?;
     if !newly {

@@ -15,12 +15,11 @@ use super::filters::{
 use super::listing;
 use super::token::MAX_PASSWORD_BYTES;
 use crate::AppState;
-use crate::auth::jwt::now;
 use crate::auth::password;
 use crate::db;
 use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
-    timestamp_now,
+    timestamp_now, unix_now,
 };
 
 /// A path segment naming one user: anything but `me`, which has its own
@@ -145,9 +144,6 @@ fn user_reply(status: StatusCode, user: &User) -> Response {
 }
 
 /// The caller.
-#[utoipa::path(get, path = "/api/users/me", tag = "users",
-    security(("jwt" = [])),
-    responses((status = 200, description = "The caller", body = User)))]
 async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
     let account = state
         .read(move |conn| -> Result<_, ApiError> {
@@ -160,13 +156,6 @@ async fn get_me(bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
 }
 
 /// One user.
-#[utoipa::path(get, path = "/api/users/{id}", tag = "users",
-    params(("id" = i64, Path, description = "The user's id")),
-    security(("jwt" = [])),
-    responses(
-        (status = 200, description = "The user", body = User),
-        (status = 404, description = "No such user", body = super::schemas::Detail),
-    ))]
 async fn get_user(user: UserRef, bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
     let account = state
         .read(move |conn| -> Result<_, ApiError> {
@@ -179,15 +168,6 @@ async fn get_user(user: UserRef, bearer: Bearer, state: AppState) -> Result<Resp
 }
 
 /// Replaces the writable fields; `username` and `email` are required.
-#[utoipa::path(put, path = "/api/users/{id}", tag = "users",
-    params(("id" = i64, Path, description = "The user's id")),
-    request_body(content = super::schemas::UserUpdate, content_type = "application/json"),
-    security(("jwt" = [])),
-    responses(
-        (status = 200, description = "The updated user", body = User),
-        (status = 403, description = "Not the user, not staff", body = super::schemas::Detail),
-        (status = 404, description = "No such user", body = super::schemas::Detail),
-    ))]
 async fn put_user(
     user: UserRef,
     bearer: Bearer,
@@ -198,15 +178,6 @@ async fn put_user(
 }
 
 /// Changes any subset of the writable fields.
-#[utoipa::path(patch, path = "/api/users/{id}", tag = "users",
-    params(("id" = i64, Path, description = "The user's id")),
-    request_body(content = super::schemas::UserPatch, content_type = "application/json"),
-    security(("jwt" = [])),
-    responses(
-        (status = 200, description = "The updated user", body = User),
-        (status = 403, description = "Not the user, not staff", body = super::schemas::Detail),
-        (status = 404, description = "No such user", body = super::schemas::Detail),
-    ))]
 async fn patch_user(
     user: UserRef,
     bearer: Bearer,
@@ -234,14 +205,6 @@ fn add_taken_errors(
 }
 
 /// Registration (staff only when `registration.open` is false).
-#[utoipa::path(post, path = "/api/users", tag = "users",
-    request_body(content = super::schemas::Registration, content_type = "application/json"),
-    security((), ("jwt" = [])),
-    responses(
-        (status = 201, description = "The new user", body = User),
-        (status = 401, description = "A bad token (closed registration)", body = super::schemas::AuthError),
-        (status = 403, description = "Registration is closed", body = super::schemas::Detail),
-    ))]
 async fn create(
     authorization: Option<HeaderValue>,
     body: RawBody,
@@ -346,14 +309,6 @@ async fn update(
 }
 
 /// Deletes the user for good; their id is never reused.
-#[utoipa::path(delete, path = "/api/users/{id}", tag = "users",
-    params(("id" = i64, Path, description = "The user's id")),
-    security(("jwt" = [])),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 403, description = "Not the user, not staff", body = super::schemas::Detail),
-        (status = 404, description = "No such user", body = super::schemas::Detail),
-    ))]
 async fn delete(user: UserRef, bearer: Bearer, state: AppState) -> Result<Response, ApiError> {
     state
         .write(move |conn| -> Result<_, ApiError> {
@@ -368,9 +323,6 @@ async fn delete(user: UserRef, bearer: Bearer, state: AppState) -> Result<Respon
 }
 
 /// Voids every token of the caller issued until now.
-#[utoipa::path(post, path = "/api/users/me/logout-all", tag = "sessions",
-    security(("jwt" = [])),
-    responses((status = 204, description = "Every earlier token is void")))]
 async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiError> {
     state
         .write(move |conn| -> Result<_, ApiError> {
@@ -382,22 +334,11 @@ async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiErro
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
-fn unix_now() -> i64 {
-    i64::try_from(now()).unwrap_or(i64::MAX)
-}
-
 /// The message Django's password change form gives for a wrong old password.
 pub const WRONG_OLD_PASSWORD: &str =
     "Your old password was entered incorrectly. Please enter it again.";
 
 /// Changes the caller's password; every earlier token stops working.
-#[utoipa::path(post, path = "/api/users/me/password", tag = "sessions",
-    request_body(content = super::schemas::PasswordChange, content_type = "application/json"),
-    security(("jwt" = [])),
-    responses(
-        (status = 204, description = "Changed; every earlier token is void"),
-        (status = 429, description = "Too many attempts", body = super::schemas::Detail),
-    ))]
 async fn change_password(
     caller: Caller,
     body: RawBody,

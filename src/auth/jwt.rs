@@ -123,7 +123,7 @@ pub struct Signed {
 }
 
 /// A fresh access + refresh pair.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Pair {
     /// Access token.
     pub access: String,
