@@ -182,10 +182,13 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
     let weak_hashing = config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS;
     let db_path = database_path(&config);
     let bind = config.server.bind.clone();
-    // Blocking work is bounded anyway (pooled connections, one hash per
-    // core): a small blocking pool keeps threads, their stacks and malloc
-    // arenas from piling up under load.
-    let blocking_threads = config.database.pool_size as usize + 16;
+    // Blocking work is a hash (at most one per core) or a short read: one
+    // thread more than the hashes may take keeps reads going during a login
+    // flood, and so few threads stay busy under load: a read is taken by a
+    // thread that just finished one instead of waking a parked one for
+    // every read (tokio wakes an idle blocking thread for each task).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blocking_threads = cores + 1;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(blocking_threads)
         .enable_all()

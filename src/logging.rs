@@ -18,11 +18,13 @@ pub fn init(format: &str) -> WorkerGuard {
         .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
     // Its default buffer (128,000 lines, allocated at start) would cost
     // more idle memory than the rest of the server; past a smaller one a
-    // logging thread waits instead of dropping its line.
+    // logging thread waits instead of dropping its line. Buffered: the
+    // worker writes what it found waiting with one write(2) (it flushes
+    // each time the queue runs dry).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(4096)
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests) is harmless; its error is ignored.

@@ -14,7 +14,7 @@ pub struct RequestId(u64);
 
 impl RequestId {
     /// A fresh random id.
-    pub fn new() -> RequestId {
+    pub fn random() -> RequestId {
         RequestId(rand::random())
     }
 
@@ -26,12 +26,6 @@ impl RequestId {
     /// Runs `future` as the task serving the request with this id.
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, future)
-    }
-}
-
-impl Default for RequestId {
-    fn default() -> Self {
-        RequestId::new()
     }
 }
 
@@ -48,8 +42,8 @@ mod tests {
     #[tokio::test]
     async fn ids_are_16_hex_digits_and_known_inside_their_scope_only() {
         assert_eq!(RequestId(0xabc).to_string(), "0000000000000abc");
-        assert_ne!(RequestId::new(), RequestId::new());
-        let id = RequestId::new();
+        assert_ne!(RequestId::random(), RequestId::random());
+        let id = RequestId::random();
         assert_eq!(id.scope(async { RequestId::current() }).await, Some(id));
         assert_eq!(RequestId::current(), None);
     }

@@ -94,7 +94,7 @@ pub async fn serve<S, F>(
         stream.set_write_timeout(Some(limits.write_timeout));
         let service = service.clone();
         let per_request = hyper::service::service_fn(move |request| {
-            let id = RequestId::new();
+            let id = RequestId::random();
             let span = tracing::info_span!("request", id = %id);
             let service = service.clone();
             let answer = id.scope(async move { service(request, peer).await });

@@ -89,24 +89,27 @@ impl RawBody {
 /// Reads the body, refusing more than `limit` bytes (413), also for a
 /// chunked body without `Content-Length`.
 pub fn body(limit: u64) -> impl Filter<Extract = (RawBody,), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
+    header("content-length")
+        .and(header("content-type"))
         .and(warp::body::stream())
-        .and_then(move |headers, stream| async move {
-            read_body(&headers, stream, limit)
+        .and_then(move |length, content_type, stream| async move {
+            read_body(length, content_type, stream, limit)
                 .await
                 .map_err(warp::reject::custom)
         })
 }
 
-async fn read_body<S, B>(headers: &HeaderMap, stream: S, limit: u64) -> Result<RawBody, ApiError>
+async fn read_body<S, B>(
+    length: Option<HeaderValue>,
+    content_type: Option<HeaderValue>,
+    stream: S,
+    limit: u64,
+) -> Result<RawBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = length.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
@@ -122,9 +125,7 @@ where
         buffer.put(chunk);
     }
     Ok(RawBody {
-        content_type: headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        content_type: content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         bytes: buffer.freeze(),
     })
 }
@@ -146,10 +147,11 @@ pub fn client_address(
         })
 }
 
-/// The request's `Authorization` header, if it has one.
-pub fn authorization()
--> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
-    warp::header::value("authorization")
+/// The request's `name` header as sent (any bytes), if it has one.
+pub fn header(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    warp::header::value(name)
         .map(Some)
         .or(warp::any().map(|| None))
         .unify()
@@ -194,7 +196,7 @@ impl Bearer {
 /// Requires `Authorization: Bearer <access token>` with a valid signature,
 /// type and expiry; the user is checked by [`authorize`].
 pub fn bearer(state: AppState) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
-    authorization().and_then(move |authorization: Option<HeaderValue>| {
+    header("authorization").and_then(move |authorization: Option<HeaderValue>| {
         let state = state.clone();
         async move { decode_bearer(&state, authorization.as_ref()).map_err(warp::reject::custom) }
     })
@@ -242,7 +244,7 @@ pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller,
 pub fn authenticated(
     state: AppState,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    authorization().and_then(move |authorization: Option<HeaderValue>| {
+    header("authorization").and_then(move |authorization: Option<HeaderValue>| {
         let state = state.clone();
         async move {
             authenticate(&state, authorization.as_ref())

@@ -68,7 +68,7 @@ pub fn routes(state: AppState, max_body: u64) -> BoxedFilter<(Response,)> {
         // POST /api/users
         list_path()
             .and(warp::post())
-            .and(filters::authorization())
+            .and(filters::header("authorization"))
             .and(body())
             .and(state_())
             .then(create)

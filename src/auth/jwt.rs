@@ -131,10 +131,6 @@ pub struct Pair {
     pub refresh: String,
 }
 
-fn non_empty(value: &Option<String>) -> Option<String> {
-    value.clone().filter(|v| !v.is_empty())
-}
-
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now()
@@ -151,8 +147,8 @@ impl Keys {
     /// Keys from the `[auth]` config (the secret already checked).
     pub fn new(auth: &AuthConfig) -> Keys {
         let secret = auth.secret.expose().as_bytes();
-        let issuer = non_empty(&auth.issuer);
-        let audience = non_empty(&auth.audience);
+        let issuer = auth.issuer.clone().filter(|v| !v.is_empty());
+        let audience = auth.audience.clone().filter(|v| !v.is_empty());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_exp = true;
