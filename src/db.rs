@@ -13,7 +13,30 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// The pool every request borrows a connection from (on the blocking pool).
-pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+pub type Pool = r2d2::Pool<Manager>;
+
+/// r2d2_sqlite's manager, except that a connection that comes back still
+/// inside a transaction (a failed COMMIT whose ROLLBACK failed too) is
+/// dropped instead of lent out again.
+#[derive(Debug)]
+pub struct Manager(SqliteConnectionManager);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.0.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !conn.is_autocommit()
+    }
+}
 
 /// The schema, embedded: `-- migration N` blocks applied in order.
 const SCHEMA: &str = include_str!("../schema.sql");
@@ -138,7 +161,7 @@ pub fn open_limited(options: &Options, max_size: u64) -> anyhow::Result<Pool> {
         // nothing to go stale, and the check cost a statement per request.
         .test_on_check_out(false)
         .connection_timeout(busy_timeout.max(Duration::from_secs(1)))
-        .build(manager)
+        .build(Manager(manager))
         .with_context(|| format!("cannot open database {shown}"))?;
     Ok(pool)
 }
@@ -495,6 +518,18 @@ mod tests {
             busy_timeout: Duration::from_secs(1),
             pool_size: 2,
         }
+    }
+
+    #[test]
+    fn a_connection_returned_inside_a_transaction_is_not_lent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options(dir.path());
+        options.pool_size = 1;
+        let pool = open(&options).unwrap();
+        let conn = pool.get().unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        drop(conn);
+        assert!(pool.get().unwrap().is_autocommit());
     }
 
     #[test]

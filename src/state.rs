@@ -47,12 +47,12 @@ pub trait DatabaseCause {
     fn database_cause(&self) -> Option<&rusqlite::Error>;
 }
 
-/// Shared by every handler; cloning it is one reference count.
-#[derive(Clone, Debug)]
+/// Shared by every handler; cloning it is one reference count. (No
+/// `Debug`: it holds the signing keys.)
+#[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
 /// What [`AppState`] shares; reached through `Deref`.
-#[derive(Debug)]
 pub struct Shared {
     /// The SQLite connection pool.
     pub pool: db::Pool,

@@ -104,15 +104,6 @@ pub struct Keys {
     audience: Option<String>,
 }
 
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys")
-            .field("access_lifetime", &self.access_lifetime)
-            .field("refresh_lifetime", &self.refresh_lifetime)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A signed token with its claims.
 #[derive(Debug, Clone)]
 pub struct Signed {

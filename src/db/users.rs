@@ -77,8 +77,6 @@ pub fn by_username(conn: &Connection, username: &str) -> rusqlite::Result<Option
 /// What every authenticated request needs to know about its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthState {
-    /// The username (throttling key of the password endpoint).
-    pub username: String,
     /// Staff may edit anyone.
     pub is_staff: bool,
     /// Tokens issued before this second are void.
@@ -89,13 +87,12 @@ pub struct AuthState {
 /// inactive one. Checked on every authenticated request.
 pub fn auth_state(conn: &Connection, id: i64) -> rusqlite::Result<Option<AuthState>> {
     conn.prepare_cached(
-        "SELECT username, is_staff, tokens_valid_after FROM users WHERE id = ?1 AND is_active = 1",
+        "SELECT is_staff, tokens_valid_after FROM users WHERE id = ?1 AND is_active = 1",
     )?
     .query_row([id], |row| {
         Ok(AuthState {
-            username: row.get(0)?,
-            is_staff: row.get(1)?,
-            tokens_valid_after: row.get(2)?,
+            is_staff: row.get(0)?,
+            tokens_valid_after: row.get(1)?,
         })
     })
     .optional()

@@ -40,14 +40,6 @@ enum Key {
     Address(IpAddr),
 }
 
-impl std::fmt::Debug for Throttle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Throttle")
-            .field("enabled", &self.enabled)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Forget idle keys every this many checks, so the maps stay bounded.
 const PRUNE_EVERY: u64 = 1024;
 

@@ -141,8 +141,10 @@ fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
             }
             failed => {
                 let _ = shared::undo(conn);
+                // Answered with the batch: its failure may come from an
+                // earlier job's write that the batch's fate can still undo.
                 if let Some(done) = failed {
-                    (done.answer)(None);
+                    waiting.push(done.answer);
                 }
             }
         }
@@ -283,6 +285,29 @@ mod tests {
         assert_eq!(rows(&pool), ["a", "b"]);
         // Nobody is left waiting: the panicking job's sender is gone.
         assert!(answers.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_job_refused_for_a_write_that_was_then_lost_is_told_of_the_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 128 * 1024);
+        let writer = start(&pool).unwrap();
+        let (out, answers) = mpsc::channel();
+        let release = hold(&writer);
+        writer.submit(insert("first", "x".into(), out.clone()));
+        // Refused only because of the first job's uncommitted row.
+        writer.submit(insert("clash", "x".into(), out.clone()));
+        // Too big for the capped file: SQLite rolls the batch back.
+        writer.submit(insert("big", "y".repeat(256 * 1024), out.clone()));
+        release.send(()).unwrap();
+        let got: Vec<_> = (0..3).map(|_| answers.recv().unwrap()).collect();
+        assert!(rows(&pool).is_empty(), "{got:?}");
+        let clash = got.iter().find(|(tag, _)| *tag == "clash").unwrap();
+        let said = clash.1.as_ref().unwrap_err();
+        assert!(
+            !said.contains("UNIQUE"),
+            "told of a clash with a lost row: {got:?}"
+        );
     }
 
     #[test]
