@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request line + headers, in bytes.
     pub max_header_bytes: usize,
+    /// Whole listings (GET /api/users without `limit`) streaming at once;
+    /// past it, 503.
+    pub max_full_listings: usize,
     /// Origins allowed to call the API from a browser (CORS); empty: none.
     pub cors_origins: Vec<String>,
 }
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             request_timeout: 30,
             max_connections: 1024,
             max_header_bytes: 16 * 1024,
+            max_full_listings: 64,
             cors_origins: Vec::new(),
         }
     }

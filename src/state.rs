@@ -64,6 +64,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// Seek points for deep pages of the user list.
     pub seek: IdSeek,
+    /// One permit per whole listing streaming (`server.max_full_listings`).
+    pub listings: Arc<Semaphore>,
     hashes: HashGate,
     writer: Writer,
 }
@@ -100,6 +102,7 @@ impl AppState {
             keys: Keys::new(&config.auth),
             throttle: Throttle::new(&config.rate_limit, &config.server),
             seek: IdSeek::default(),
+            listings: Arc::new(Semaphore::new(config.server.max_full_listings)),
             hashes: HashGate::new(cores, config.auth.max_queued_hashes),
             writer,
             pool,

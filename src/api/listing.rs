@@ -1,6 +1,7 @@
 //! GET /api/users: the query parameters, one page with its count and
 //! links, or every user streamed in keyset chunks.
 
+use tokio::sync::OwnedSemaphorePermit;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, header};
@@ -8,6 +9,7 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::filters::{self, Bearer, authorize, get_or_head, with_state};
+
 use crate::AppState;
 use crate::db;
 use crate::db::listing::{ListQuery, SortColumn};
@@ -156,7 +158,9 @@ async fn list(
         // Not a page: the caller is checked before the parameters' 400,
         // as DRF authenticates before the view runs.
         state.read(move |conn| authorize(conn, &bearer)).await?;
-        return Ok(stream_all(state, params?.query));
+        let query = params?.query;
+        let held = state.listings.clone().try_acquire_owned();
+        return Ok(stream_all(state, query, held.map_err(|_| ApiError::Busy)?));
     };
     let query = params.query.clone();
     let seek = state.clone();
@@ -180,12 +184,14 @@ async fn list(
 
 /// Streams every matching user as one JSON array, read in keyset chunks
 /// (one read each), so memory stays flat whatever the table size. A
-/// client that goes away stops the reading.
-fn stream_all(state: AppState, query: ListQuery) -> Response {
+/// client that goes away stops the reading, and gives back `held`, the
+/// listing's permit.
+fn stream_all(state: AppState, query: ListQuery, held: OwnedSemaphorePermit) -> Response {
     // The cursor: the last user sent, and whether the array is open yet;
     // `None` once it is closed.
     let start = Some((None::<User>, false));
     let chunks = futures_util::stream::unfold(start, move |cursor| {
+        let _held = &held;
         let (state, query) = (state.clone(), query.clone());
         async move {
             let (last, open) = cursor?;

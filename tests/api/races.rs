@@ -743,6 +743,67 @@ async fn slow_readers_of_the_full_listing_starve_no_login_and_no_stop() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// Whole listings streaming at once are capped (`server.max_full_listings`):
+/// one more is answered 503, and a listing whose client goes away gives its
+/// place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_listings_past_their_cap_get_503_until_one_ends() {
+    let _serial = one_at_a_time().await;
+    let site = Site::new();
+    site.run(&["user", "list"]).ok();
+    fill(&site.db, 20_000);
+    let server = site.serve(&[("ROSTERD_SERVER_MAX_FULL_LISTINGS", "1")]);
+    let client = client();
+    let user = TestUser::generate();
+    register(&client, &server, &user).await;
+    let (access, _) = login_pair(&client, &server, &user).await;
+    let list = || {
+        client
+            .get(server.url("/api/users"))
+            .bearer_auth(&access)
+            .send()
+    };
+
+    // A whole listing that nobody reads holds the only place.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("address");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /api/users HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {access}\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let refused = list().await.expect("a second listing");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // A page is not a whole listing.
+    let page = client
+        .get(server.url("/api/users?limit=5"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("a page");
+    assert_eq!(page.status(), StatusCode::OK);
+
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = list().await.expect("a listing after the stalled one left");
+        if resp.status() == StatusCode::OK {
+            let users: Vec<Value> = resp.json().await.expect("the whole listing");
+            assert_eq!(users.len(), 20_001);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the place was never given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends SIGTERM; the exit status if it came within `within`.
 fn stop_within(server: &mut RunningServer, within: Duration) -> Option<std::process::ExitStatus> {
     let sent = std::process::Command::new("kill")
