@@ -508,6 +508,37 @@ pub fn schema_version(path: &Path) -> anyhow::Result<i64> {
     Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
 }
 
+/// What the database tests share: a fresh pool in a temp dir, a new user.
+#[cfg(test)]
+pub mod testing {
+    use crate::model::{NewUser, Status};
+
+    /// A pool of one connection on a fresh file (kept while the dir lives).
+    pub fn pool() -> (tempfile::TempDir, super::Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::open(&super::Options {
+            path: dir.path().join("u.sqlite3"),
+            busy_timeout: std::time::Duration::from_secs(1),
+            pool_size: 1,
+        })
+        .unwrap();
+        (dir, pool)
+    }
+
+    /// A plain user named `name`.
+    pub fn new_user(name: &str) -> NewUser {
+        NewUser {
+            username: name.to_owned(),
+            email: format!("{name}@example.com"),
+            password_hash: "x".to_owned(),
+            level: 1,
+            status: Status::Offline,
+            profile_picture: String::new(),
+            is_staff: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

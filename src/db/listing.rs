@@ -300,32 +300,8 @@ pub fn chunk_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db;
+    use crate::db::testing::{new_user, pool};
     use crate::db::users::insert;
-    use crate::model::NewUser;
-
-    fn pool() -> (tempfile::TempDir, db::Pool) {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&db::Options {
-            path: dir.path().join("u.sqlite3"),
-            busy_timeout: std::time::Duration::from_secs(1),
-            pool_size: 1,
-        })
-        .unwrap();
-        (dir, pool)
-    }
-
-    fn new_user(name: &str) -> NewUser {
-        NewUser {
-            username: name.to_owned(),
-            email: format!("{name}@example.com"),
-            password_hash: "x".to_owned(),
-            level: 1,
-            status: Status::Offline,
-            profile_picture: String::new(),
-            is_staff: false,
-        }
-    }
 
     /// Ids found by stepping over the index, as if there were no seek
     /// points.

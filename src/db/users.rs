@@ -242,29 +242,7 @@ pub fn delete(conn: &mut Connection, id: i64) -> rusqlite::Result<bool> {
 mod tests {
     use super::*;
     use crate::db;
-
-    fn pool() -> (tempfile::TempDir, db::Pool) {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&db::Options {
-            path: dir.path().join("u.sqlite3"),
-            busy_timeout: std::time::Duration::from_secs(1),
-            pool_size: 1,
-        })
-        .unwrap();
-        (dir, pool)
-    }
-
-    fn new_user(name: &str) -> NewUser {
-        NewUser {
-            username: name.to_owned(),
-            email: format!("{name}@example.com"),
-            password_hash: "x".to_owned(),
-            level: 1,
-            status: Status::Offline,
-            profile_picture: String::new(),
-            is_staff: false,
-        }
-    }
+    use crate::db::testing::{new_user, pool};
 
     #[test]
     fn usernames_are_unique_ignoring_case() {

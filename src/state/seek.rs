@@ -79,31 +79,8 @@ mod tests {
     use super::*;
     use crate::db;
     use crate::db::listing::{ListQuery, SortColumn, count, page};
-    use crate::model::{NewUser, Status};
+    use crate::db::testing::{new_user, pool};
     use rusqlite::OptionalExtension;
-
-    fn new_user(name: &str) -> NewUser {
-        NewUser {
-            username: name.to_owned(),
-            email: format!("{name}@example.com"),
-            password_hash: "x".to_owned(),
-            level: 1,
-            status: Status::Offline,
-            profile_picture: String::new(),
-            is_staff: false,
-        }
-    }
-
-    fn pool() -> (tempfile::TempDir, db::Pool) {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&db::Options {
-            path: dir.path().join("u.sqlite3"),
-            busy_timeout: std::time::Duration::from_secs(1),
-            pool_size: 1,
-        })
-        .unwrap();
-        (dir, pool)
-    }
 
     #[test]
     fn seek_points_find_deep_positions_and_follow_changes() {

@@ -1,9 +1,8 @@
-//! Reads the server keeps while the database is unchanged (reading a user,
-//! refreshing a token) must never outlive a change to the file: made
-//! through the API, by another connection, or by another process (the
-//! `rosterd user` commands). Each test reads first, so that the answer is
-//! kept, then changes the database behind the server's back and reads
-//! again at once.
+//! A change to the file shows in the very next request, whoever made it:
+//! the API, another connection, or another process (the `rosterd user`
+//! commands). Each test reads first, then changes the database behind the
+//! server's back and reads again at once: nothing the server answers may
+//! outlive the change.
 
 use std::time::Duration;
 

@@ -715,22 +715,23 @@ async fn a_full_database_answers_507_to_writes_while_reads_go_on() {
 // --- the binary -----------------------------------------------------------
 
 /// A private temp dir for the real binary: HOME and the XDG dirs, `c.toml`
-/// (mode 0600, the test secret) and the database `d.sqlite3`.
-struct Site {
+/// (mode 0600, the test secret) and the database `d.sqlite3`; fast hashing
+/// and no throttling unless asked. (`races.rs` uses it too.)
+pub(crate) struct Site {
     dir: TempDir,
-    db: PathBuf,
+    pub(crate) db: PathBuf,
     env: Vec<(String, String)>,
 }
 
 /// A finished command.
-struct Out {
+pub(crate) struct Out {
     success: bool,
     stdout: String,
     stderr: String,
 }
 
 impl Out {
-    fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         assert!(
             self.success,
             "failed; stdout: {}; stderr: {}",
@@ -755,7 +756,7 @@ impl Out {
 }
 
 impl Site {
-    fn new() -> Site {
+    pub(crate) fn new() -> Site {
         let dir = tempfile::tempdir().expect("temp dir");
         for sub in ["home", "xdg-config", "xdg-data"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
@@ -781,7 +782,7 @@ impl Site {
         self
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -827,11 +828,11 @@ impl Site {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    pub(crate) fn run(&self, args: &[&str]) -> Out {
         self.run_with_stdin(args, "")
     }
 
-    fn create(&self, name: &str) {
+    pub(crate) fn create(&self, name: &str) {
         let email = format!("{name}@example.com");
         let args = [
             "user",
@@ -845,11 +846,11 @@ impl Site {
         self.run_with_stdin(&args, &format!("{PASSWORD}\n")).ok();
     }
 
-    fn backup(&self, file: &Path) -> Out {
+    pub(crate) fn backup(&self, file: &Path) -> Out {
         self.run(&["backup", file.to_str().expect("UTF-8 path")])
     }
 
-    fn restore(&self, file: &Path) -> Out {
+    pub(crate) fn restore(&self, file: &Path) -> Out {
         self.run(&["restore", file.to_str().expect("UTF-8 path")])
     }
 
@@ -870,7 +871,7 @@ impl Site {
 
     /// Spawns `serve --bind 127.0.0.1:0` and waits (bounded) for its
     /// "serving on" line.
-    fn serve(&self, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn serve(&self, env: &[(&str, &str)]) -> Server {
         let log = self.path("serve.log");
         let child = self
             .command(&["serve", "--bind", "127.0.0.1:0"], env)
@@ -884,7 +885,7 @@ impl Site {
 }
 
 /// A running `rosterd serve`, killed on drop.
-type Server = RunningServer;
+pub(crate) type Server = RunningServer;
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -916,7 +917,7 @@ fn usernames(db: &Path) -> Vec<String> {
 }
 
 /// Rows inserted straight into a database: (username, level).
-fn seed(n: usize, tag: &str) -> Vec<SeedUser> {
+pub(crate) fn seed(n: usize, tag: &str) -> Vec<SeedUser> {
     (0..n)
         .map(|i| SeedUser {
             username: format!("{tag}{i}"),

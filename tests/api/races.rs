@@ -11,8 +11,7 @@
 //! spend whole cores on PBKDF2 at the default cost and measure time.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,18 +20,16 @@ use reqwest::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use rosterd::config::{Config, DEFAULT_PBKDF2_ITERATIONS, RateLimitConfig, Secret};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    FAST_ITERATIONS, RunningServer, SECRET, SeedUser, TestApp, TestUser, claims, expect_json,
-    read_json, spawn_app_with,
+    FAST_ITERATIONS, RunningServer, SECRET, TestApp, TestUser, claims, expect_json, read_json,
+    spawn_app_with,
 };
+use crate::operations::{Site, seed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rosterd");
-const PASSWORD: &str = "correct-horse-battery";
 const NEW_PASSWORD: &str = "a-brand-new-passphrase-42";
 const NO_ACCOUNT: &str = "No active account found with the given credentials";
 
@@ -842,19 +839,6 @@ fn fill(db: &Path, n: usize) {
     tx.commit().expect("commit");
 }
 
-fn seed(n: usize, tag: &str) -> Vec<SeedUser> {
-    (0..n)
-        .map(|i| SeedUser {
-            username: format!("{tag}{i}"),
-            email: format!("{tag}{i}@example.com"),
-            level: 1,
-            status: "offline",
-            created_at: "2024-01-01T00:00:00Z".into(),
-            updated_at: "2024-01-01T00:00:00Z".into(),
-        })
-        .collect()
-}
-
 // --- 5. verify and rotation -------------------------------------------------------
 
 /// With rotation on and no grace window, a refresh token that rotation
@@ -881,128 +865,6 @@ async fn verify_refuses_a_refresh_token_retired_by_rotation_after_the_grace_wind
 // --- 6. an outside INSERT OR REPLACE ------------------------------------------------
 
 // --- the real binary ------------------------------------------------------------
-
-/// A private temp dir for the real binary (as in `operations.rs`): HOME
-/// and the XDG dirs, `c.toml` (mode 0600, the test secret) and the
-/// database `d.sqlite3`; fast hashing, no throttling unless asked.
-struct Site {
-    dir: TempDir,
-    db: PathBuf,
-}
-
-/// A finished command.
-struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn ok(self) -> Self {
-        assert!(
-            self.success,
-            "failed; stdout: {}; stderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
-
-impl Site {
-    fn new() -> Site {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("temp dir");
-        for sub in ["home", "xdg-config", "xdg-data"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        let db = dir.path().join("d.sqlite3");
-        let site = Site { dir, db };
-        let config = site.path("c.toml");
-        std::fs::write(&config, format!("[auth]\nsecret = \"{SECRET}\"\n")).expect("config");
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        site
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `rosterd --config C --db D ARGS` in the isolated environment.
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_DATA_HOME", self.path("xdg-data"))
-            .env(
-                "ROSTERD_AUTH_PBKDF2_ITERATIONS",
-                FAST_ITERATIONS.to_string(),
-            )
-            .env("ROSTERD_RATE_LIMIT_ENABLED", "false")
-            .envs(env.iter().copied())
-            .current_dir(self.dir.path())
-            .arg("--config")
-            .arg(self.path("c.toml"))
-            .arg("--db")
-            .arg(&self.db)
-            .args(args);
-        cmd
-    }
-
-    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
-        let out = assert_cmd::Command::from_std(self.command(args, &[]))
-            .timeout(Duration::from_secs(30))
-            .write_stdin(stdin)
-            .output()
-            .expect("rosterd ran and finished within 30 s");
-        Out {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        self.run_with_stdin(args, "")
-    }
-
-    fn create(&self, name: &str) {
-        let email = format!("{name}@example.com");
-        let args = [
-            "user",
-            "create",
-            "--username",
-            name,
-            "--email",
-            &email,
-            "--password-stdin",
-        ];
-        self.run_with_stdin(&args, &format!("{PASSWORD}\n")).ok();
-    }
-
-    fn backup(&self, file: &Path) -> Out {
-        self.run(&["backup", file.to_str().expect("UTF-8 path")])
-    }
-
-    fn restore(&self, file: &Path) -> Out {
-        self.run(&["restore", file.to_str().expect("UTF-8 path")])
-    }
-
-    /// Spawns `serve --bind 127.0.0.1:0` and waits (bounded) for its
-    /// "serving on" line.
-    fn serve(&self, env: &[(&str, &str)]) -> RunningServer {
-        let log = self.path("serve.log");
-        let child = self
-            .command(&["serve", "--bind", "127.0.0.1:0"], env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn rosterd serve");
-        RunningServer::wait_for(child, log, Duration::from_secs(30))
-    }
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
