@@ -62,7 +62,7 @@ pub fn service(
     move |mut request: Request<Incoming>, peer: SocketAddr| {
         let cors_request = CorsRequest::of(request.headers(), request.method());
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let uri = request.uri().clone();
         request.extensions_mut().insert(Peer(peer));
         let answered = routes.clone().call(request);
         let cors = cors.clone();
@@ -71,7 +71,7 @@ pub fn service(
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
-                    tracing::warn!(%method, path, "request timed out");
+                    tracing::warn!(%method, path = uri.path(), "request timed out");
                     timeout_reply()
                 }
             };

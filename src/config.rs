@@ -258,7 +258,7 @@ fn keys() -> Vec<(String, String, Kind)> {
     keys
 }
 
-/// Short environment names for the keys everybody sets.
+/// Short environment names for the keys everybody sets (all strings).
 const SHORT_NAMES: &[(&str, &str, &str)] = &[
     ("ROSTERD_SECRET", "auth", "secret"),
     ("ROSTERD_DB", "database", "path"),
@@ -292,10 +292,6 @@ impl Config {
             None => toml::Table::new(),
         };
         let keys = keys();
-        let kind_of = |section: &str, key: &str| {
-            let found = keys.iter().find(|(s, k, _)| s == section && k == key);
-            found.map_or(Kind::Str, |(_, _, kind)| *kind)
-        };
         // Long names are applied after short ones, so the precise name wins.
         let mut short = BTreeMap::new();
         let mut long = BTreeMap::new();
@@ -304,10 +300,9 @@ impl Config {
                 continue;
             }
             if let Some((_, section, key)) = SHORT_NAMES.iter().find(|(n, _, _)| *n == name) {
-                let kind = kind_of(section, key);
                 short.insert(
                     name.clone(),
-                    (section.to_string(), key.to_string(), kind, value),
+                    (section.to_string(), key.to_string(), Kind::Str, value),
                 );
             } else if let Some((section, key, kind)) = keys
                 .iter()

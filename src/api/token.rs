@@ -17,6 +17,7 @@ use crate::auth::password;
 use crate::db;
 use crate::db::tokens::{Issued, Rotation};
 use crate::model::unix_now;
+use crate::state::throttle::Who;
 
 /// Passwords longer than this (in bytes) are refused without hashing.
 pub const MAX_PASSWORD_BYTES: usize = 4096;
@@ -71,19 +72,20 @@ async fn obtain(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let [username, password] = body.text_fields([("username", true), ("password", false)])?;
-    let _turn = state.throttle.turn(&username).await;
+    let who = Who::name(&username);
+    let _turn = state.throttle.turn(&who).await;
     state
         .throttle
-        .check(&username, address)
+        .check(&who, address)
         .map_err(|wait| ApiError::Throttled { wait })?;
     if password.len() > MAX_PASSWORD_BYTES {
         // No stored password can be this long: refuse without hashing.
-        state.throttle.failed(&username, address);
+        state.throttle.failed(&who, address);
         return Err(ApiError::NoActiveAccount);
     }
     let checked = check_credentials(&state, username.clone(), password).await;
     if let Err(ApiError::NoActiveAccount) = checked {
-        state.throttle.failed(&username, address);
+        state.throttle.failed(&who, address);
     }
     let (user_id, valid_after) = checked?;
     let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;
@@ -189,21 +191,12 @@ pub async fn checked_refresh(
             Ok((user, revoked))
         })
         .await?;
-    refresh_checks(claims, user.map(|u| u.tokens_valid_after), revoked)
-}
-
-/// [`checked_refresh`]'s verdict on what was read: the user's
-/// `tokens_valid_after` (`None`: missing or inactive) and whether the
-/// token is blacklisted.
-fn refresh_checks(
-    claims: Claims,
-    valid_after: Option<i64>,
-    revoked: bool,
-) -> Result<(Claims, i64), ApiError> {
     if revoked {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }
-    let valid_after = valid_after.ok_or(ApiError::NoActiveAccountForToken)?;
+    let valid_after = user
+        .ok_or(ApiError::NoActiveAccountForToken)?
+        .tokens_valid_after;
     if claims.is_void(valid_after) {
         return Err(ApiError::InvalidToken(TokenError::Blacklisted));
     }

@@ -21,6 +21,7 @@ use crate::model::{
     EMAIL_TAKEN, NewUser, ParsedUser, Required, Status, USERNAME_TAKEN, User, parse_user_body,
     timestamp_now, unix_now,
 };
+use crate::state::throttle::Who;
 
 /// A path segment naming one user: anything but `me`, which has its own
 /// routes. Parsed into an id after authentication, as DRF looks up the
@@ -347,12 +348,12 @@ async fn change_password(
 ) -> Result<Response, ApiError> {
     let [old, new] = body.text_fields([("old_password", false), ("new_password", false)])?;
     // Keyed by the user's id: a new username gets no new budget.
-    let key = format!("#{}", caller.id);
-    let _turn = state.throttle.turn(&key).await;
+    let who = Who::Id(caller.id);
+    let _turn = state.throttle.turn(&who).await;
     let throttled = |wait| ApiError::Throttled { wait };
-    state.throttle.check(&key, address).map_err(throttled)?;
+    state.throttle.check(&who, address).map_err(throttled)?;
     if old.len() > MAX_PASSWORD_BYTES {
-        state.throttle.failed(&key, address);
+        state.throttle.failed(&who, address);
         return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
     }
     let id = caller.id;
@@ -376,7 +377,7 @@ async fn change_password(
         .await?;
     let hash = match hashed {
         (false, _, _) => {
-            state.throttle.failed(&key, address);
+            state.throttle.failed(&who, address);
             return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
         }
         (true, problems, None) => {

@@ -3,8 +3,6 @@
 //! Signed and checked by `jsonwebtoken`; decoding pins the algorithm,
 //! allows no leeway and checks the type.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -122,11 +120,9 @@ pub struct Pair {
     pub refresh: String,
 }
 
-/// Seconds since the epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Seconds since the epoch, as claims carry them.
+fn now() -> u64 {
+    u64::try_from(crate::model::unix_now()).unwrap_or(0)
 }
 
 /// 32 random hex characters.

@@ -23,35 +23,50 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 /// The limiters and the proxies whose `X-Forwarded-For` is believed.
 pub struct Throttle {
     enabled: bool,
-    by_username: DefaultKeyedRateLimiter<String>,
+    by_account: DefaultKeyedRateLimiter<Who>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
     /// Keys a limiter refused, until when (governor's own answer).
     blocked: Mutex<HashMap<Key, Instant>>,
     trusted_proxies: Vec<IpAddr>,
     checks: AtomicU64,
-    /// One attempt at a time per username (see [`Throttle::turn`]).
-    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One attempt at a time per account (see [`Throttle::turn`]).
+    turns: Mutex<HashMap<Who, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Whose password is being tried: a username as typed at login, or a
+/// signed-in user (the password change), who keeps their budget whatever
+/// they rename themselves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Who {
+    /// A username: ASCII case ignored, no longer than any valid username
+    /// can be, whatever a client sends.
+    Name(String),
+    /// A user's id.
+    Id(i64),
+}
+
+impl Who {
+    /// The account named `username` at login.
+    pub fn name(username: &str) -> Who {
+        Who::Name(
+            username
+                .chars()
+                .take(150)
+                .collect::<String>()
+                .to_lowercase(),
+        )
+    }
 }
 
 /// What is throttled.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    Username(String),
+    Account(Who),
     Address(IpAddr),
 }
 
 /// Forget idle keys every this many checks, so the maps stay bounded.
 const PRUNE_EVERY: u64 = 1024;
-
-/// The key of a username: ASCII case ignored, and no longer than any valid
-/// username can be, whatever a client sends.
-fn name_key(username: &str) -> String {
-    username
-        .chars()
-        .take(150)
-        .collect::<String>()
-        .to_lowercase()
-}
 
 /// `n` failures a minute: the cell of the n-th failure is the one governor
 /// refuses, which blocks the key, so the attempt after it is throttled.
@@ -69,7 +84,7 @@ impl Throttle {
     pub fn new(limits: &RateLimitConfig, server: &ServerConfig) -> Throttle {
         Throttle {
             enabled: limits.enabled,
-            by_username: RateLimiter::keyed(per_minute(limits.per_username_per_minute)),
+            by_account: RateLimiter::keyed(per_minute(limits.per_username_per_minute)),
             by_address: RateLimiter::keyed(per_minute(limits.per_address_per_minute)),
             blocked: Mutex::new(HashMap::new()),
             trusted_proxies: server
@@ -110,15 +125,15 @@ impl Throttle {
             .or(Some(peer))
     }
 
-    fn keys(username: &str, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
-        std::iter::once(Key::Username(name_key(username))).chain(address.map(Key::Address))
+    fn keys(who: &Who, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
+        std::iter::once(Key::Account(who.clone())).chain(address.map(Key::Address))
     }
 
-    /// Waits until no other attempt for `username` is being checked, and
+    /// Waits until no other attempt for `who` is being checked, and
     /// holds that turn until dropped: attempts sent at once are checked one
     /// after another, each seeing the failures before it, so none slips
     /// past a spent budget while the ones before it are still hashing.
-    pub async fn turn(&self, username: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub async fn turn(&self, who: &Who) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         if !self.enabled {
             return None;
         }
@@ -127,20 +142,20 @@ impl Throttle {
             if turns.len() >= PRUNE_EVERY as usize {
                 turns.retain(|_, turn| Arc::strong_count(turn) > 1);
             }
-            turns.entry(name_key(username)).or_default().clone()
+            turns.entry(who.clone()).or_default().clone()
         };
         Some(turn.lock_owned().await)
     }
 
-    /// Refuses an attempt for a blocked username or address with the time
+    /// Refuses an attempt for a blocked account or address with the time
     /// until it is allowed.
-    pub fn check(&self, username: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+    pub fn check(&self, who: &Who, address: Option<IpAddr>) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
         }
         let now = Instant::now();
         let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = Self::keys(username, address)
+        let wait = Self::keys(who, address)
             .filter_map(|key| blocked.get(&key).copied())
             .filter(|until| *until > now)
             .max();
@@ -150,18 +165,18 @@ impl Throttle {
         }
     }
 
-    /// Counts a failed attempt for `username` from `address`; a key whose
-    /// limit is spent is blocked until its next cell.
-    pub fn failed(&self, username: &str, address: Option<IpAddr>) {
+    /// Counts a failed attempt for `who` from `address`; a key whose limit
+    /// is spent is blocked until its next cell.
+    pub fn failed(&self, who: &Who, address: Option<IpAddr>) {
         if !self.enabled {
             return;
         }
         let checks = self.checks.fetch_add(1, Ordering::Relaxed);
         let clock = DefaultClock::default();
         let mut refusals = Vec::new();
-        for key in Self::keys(username, address) {
+        for key in Self::keys(who, address) {
             let verdict = match &key {
-                Key::Username(name) => self.by_username.check_key(name),
+                Key::Account(who) => self.by_account.check_key(who),
                 Key::Address(ip) => self.by_address.check_key(ip),
             };
             if let Err(not_until) = verdict {
@@ -175,7 +190,7 @@ impl Throttle {
         }
         if checks % PRUNE_EVERY == PRUNE_EVERY - 1 {
             blocked.retain(|_, until| *until > now);
-            self.by_username.retain_recent();
+            self.by_account.retain_recent();
             self.by_address.retain_recent();
         }
     }
@@ -203,18 +218,29 @@ mod tests {
     fn a_username_is_blocked_after_its_failures_and_others_are_not() {
         let t = throttle(3, &[]);
         for _ in 0..3 {
-            t.check("Alice", None).unwrap();
-            t.failed("alice", None);
+            t.check(&Who::name("Alice"), None).unwrap();
+            t.failed(&Who::name("alice"), None);
         }
-        assert!(t.check("ALICE", None).is_err());
-        t.check("bob", None).unwrap();
+        assert!(t.check(&Who::name("ALICE"), None).is_err());
+        t.check(&Who::name("bob"), None).unwrap();
+    }
+
+    #[test]
+    fn a_username_never_stands_for_a_user_id() {
+        let t = throttle(2, &[]);
+        for _ in 0..3 {
+            t.failed(&Who::name("#5"), None);
+            t.failed(&Who::name("5"), None);
+        }
+        assert!(t.check(&Who::name("#5"), None).is_err());
+        t.check(&Who::Id(5), None).unwrap();
     }
 
     #[test]
     fn successes_are_not_counted() {
         let t = throttle(2, &[]);
         for _ in 0..10 {
-            t.check("alice", None).unwrap();
+            t.check(&Who::name("alice"), None).unwrap();
         }
     }
 
