@@ -123,3 +123,38 @@ END;
 CREATE TRIGGER users_meta_changes AFTER UPDATE ON users BEGIN
     UPDATE users_meta SET changes = changes + 1;
 END;
+
+-- migration 7
+-- REPLACE conflict resolution (an outside `INSERT OR REPLACE` or `UPDATE OR
+-- REPLACE`) deletes the rows a write clashes with without firing the delete
+-- trigger, unless that connection turned `recursive_triggers` on. So each
+-- write first counts the rows it clashes with (BEFORE), a delete trigger
+-- that does fire takes its row off that count, and the write (AFTER) takes
+-- off the users still counted. A write that is ignored or fails leaves a
+-- stale count, which the next BEFORE overwrites. The count and the
+-- seek-point counter are recomputed once here, for drift already made.
+ALTER TABLE users_meta ADD COLUMN clashes INTEGER NOT NULL DEFAULT 0;
+UPDATE users_meta SET users = (SELECT count(*) FROM users), reorders = reorders + 1;
+CREATE TRIGGER users_meta_insert_clashes BEFORE INSERT ON users BEGIN
+    UPDATE users_meta SET clashes = (SELECT count(*) FROM users
+        WHERE id = NEW.id OR username = NEW.username OR email = NEW.email);
+END;
+DROP TRIGGER users_meta_insert;
+CREATE TRIGGER users_meta_insert AFTER INSERT ON users BEGIN
+    UPDATE users_meta SET users = users + 1 - clashes,
+        reorders = reorders + (NEW.id < (SELECT max(id) FROM users)) + clashes,
+        changes = changes + 1 + clashes, clashes = 0;
+END;
+DROP TRIGGER users_meta_delete;
+CREATE TRIGGER users_meta_delete AFTER DELETE ON users BEGIN
+    UPDATE users_meta SET users = users - 1, reorders = reorders + 1,
+        changes = changes + 1, clashes = max(clashes - 1, 0);
+END;
+CREATE TRIGGER users_meta_update_clashes BEFORE UPDATE OF id, username, email ON users BEGIN
+    UPDATE users_meta SET clashes = (SELECT count(*) FROM users WHERE id != OLD.id
+        AND (id = NEW.id OR username = NEW.username OR email = NEW.email));
+END;
+CREATE TRIGGER users_meta_update_replaced AFTER UPDATE OF id, username, email ON users BEGIN
+    UPDATE users_meta SET users = users - clashes, reorders = reorders + clashes,
+        changes = changes + clashes, clashes = 0;
+END;

@@ -76,16 +76,16 @@ async fn obtain(
     let _turn = state.throttle.turn(&who).await;
     state
         .throttle
-        .check(&who, address)
+        .admit(&who, address)
         .map_err(|wait| ApiError::Throttled { wait })?;
     if password.len() > MAX_PASSWORD_BYTES {
         // No stored password can be this long: refuse without hashing.
-        state.throttle.failed(&who, address);
+        state.throttle.failed(&who);
         return Err(ApiError::NoActiveAccount);
     }
     let checked = check_credentials(&state, username.clone(), password).await;
     if let Err(ApiError::NoActiveAccount) = checked {
-        state.throttle.failed(&who, address);
+        state.throttle.failed(&who);
     }
     let (user_id, valid_after) = checked?;
     let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;

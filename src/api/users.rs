@@ -351,9 +351,9 @@ async fn change_password(
     let who = Who::Id(caller.id);
     let _turn = state.throttle.turn(&who).await;
     let throttled = |wait| ApiError::Throttled { wait };
-    state.throttle.check(&who, address).map_err(throttled)?;
+    state.throttle.admit(&who, address).map_err(throttled)?;
     if old.len() > MAX_PASSWORD_BYTES {
-        state.throttle.failed(&who, address);
+        state.throttle.failed(&who);
         return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
     }
     let id = caller.id;
@@ -377,7 +377,7 @@ async fn change_password(
         .await?;
     let hash = match hashed {
         (false, _, _) => {
-            state.throttle.failed(&who, address);
+            state.throttle.failed(&who);
             return Err(ApiError::field("old_password", WRONG_OLD_PASSWORD));
         }
         (true, problems, None) => {

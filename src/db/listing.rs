@@ -402,4 +402,82 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].username, "a_b");
     }
+
+    /// `users_meta` counts what `count(*)` counts, and bumps `reorders`
+    /// whenever a row leaves id order, whatever the writer does: REPLACE
+    /// on each unique key and on two at once, with and without
+    /// `recursive_triggers`, an ignored insert, an `UPDATE OR REPLACE`.
+    #[test]
+    fn users_meta_stays_exact_through_replace_and_ignore() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        let add = "INSERT OR REPLACE INTO users (id, username, email, password_hash, \
+                   created_at, updated_at) VALUES (?1, ?2, ?3, 'x', 't', 't')";
+        for recursive in [false, true] {
+            conn.execute_batch("DELETE FROM users").unwrap();
+            for name in ["a", "b", "c", "d", "e"] {
+                insert(&mut conn, &new_user(name), "t").unwrap();
+            }
+            conn.pragma_update(None, "recursive_triggers", recursive)
+                .unwrap();
+            let c_id: i64 = conn
+                .query_row("SELECT id FROM users WHERE username = 'c'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            let steps: [(&str, &str, &[&dyn rusqlite::ToSql], bool); 7] = [
+                (
+                    "by username",
+                    add,
+                    &[&None::<i64>, &"A", &"new-a@example.com"],
+                    true,
+                ),
+                (
+                    "by e-mail",
+                    add,
+                    &[&None::<i64>, &"new-b", &"B@example.com"],
+                    true,
+                ),
+                ("by id", add, &[&c_id, &"new-c", &"new-c@example.com"], true),
+                (
+                    "two rows at once",
+                    add,
+                    &[&None::<i64>, &"D", &"e@example.com"],
+                    true,
+                ),
+                (
+                    "an ignored insert",
+                    "INSERT OR IGNORE INTO users (username, email, password_hash, created_at, \
+                     updated_at) VALUES ('new-a', 'x@example.com', 'x', 't', 't')",
+                    &[],
+                    false,
+                ),
+                (
+                    "a plain insert after it",
+                    "INSERT INTO users (username, email, password_hash, created_at, updated_at) \
+                     VALUES ('f', 'f@example.com', 'x', 't', 't')",
+                    &[],
+                    false,
+                ),
+                (
+                    "an UPDATE OR REPLACE",
+                    "UPDATE OR REPLACE users SET username = 'NEW-A' WHERE username = 'f'",
+                    &[],
+                    true,
+                ),
+            ];
+            for (what, sql, params, moves) in steps {
+                let (_, before) = id_order_stamp(&conn).unwrap();
+                conn.execute(sql, params).unwrap();
+                let (users, after) = id_order_stamp(&conn).unwrap();
+                let truth: i64 = conn
+                    .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(users, truth, "{what}, recursive_triggers {recursive}");
+                if moves && !recursive {
+                    assert!(after > before, "{what}: reorders not bumped");
+                }
+            }
+        }
+    }
 }

@@ -1,12 +1,16 @@
 //! Throttling of password guessing (POST /api/token, the password change),
 //! per username and per client address, with governor's GCRA limiters.
 //!
-//! Failed attempts are what is counted (OWASP: throttle failed logins, so a
-//! legitimate user logging in from many devices is never slowed): each
-//! failure takes a cell from both limiters; when one refuses, the key is
-//! blocked until governor says a cell is free again, and every attempt for
-//! a blocked key, right password or not, is refused before any hash is
-//! spent.
+//! Per account, failed attempts are what is counted (OWASP: throttle failed
+//! logins, so a user logging in from many devices is never slowed): the
+//! attempts for one account are checked one at a time ([`Throttle::turn`]),
+//! each failure takes a cell, and when the limiter refuses one the account
+//! is blocked until governor says a cell is free again. Per address, every
+//! attempt takes its cell before its hash is spent ([`Throttle::admit`]), as
+//! DRF's throttles count every request: attempts for many usernames sent at
+//! once from one address cannot overdraw its budget while they hash. Every
+//! attempt for a blocked key, right password or not, is refused before any
+//! hash is spent.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,18 +69,26 @@ enum Key {
     Address(IpAddr),
 }
 
-/// Forget idle keys every this many checks, so the maps stay bounded.
+/// Forget idle keys every this many attempts, so the maps stay bounded.
 const PRUNE_EVERY: u64 = 1024;
 
 /// `n` failures a minute: the cell of the n-th failure is the one governor
 /// refuses, which blocks the key, so the attempt after it is throttled.
-fn per_minute(n: u32) -> Quota {
-    let n = n.max(1);
-    let period = std::time::Duration::from_secs(60) / n;
-    let burst = NonZeroU32::new(n - 1).unwrap_or(NonZeroU32::MIN);
+fn failures_per_minute(n: u32) -> Quota {
+    per_minute(n, n - 1)
+}
+
+/// `n` attempts a minute, each taking its cell before it is checked: the
+/// attempt whose cell governor refuses is itself refused.
+fn attempts_per_minute(n: u32) -> Quota {
+    per_minute(n, n)
+}
+
+fn per_minute(n: u32, burst: u32) -> Quota {
+    let period = std::time::Duration::from_secs(60) / n.max(1);
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
-        .allow_burst(burst)
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
 impl Throttle {
@@ -84,8 +96,8 @@ impl Throttle {
     pub fn new(limits: &RateLimitConfig, server: &ServerConfig) -> Throttle {
         Throttle {
             enabled: limits.enabled,
-            by_account: RateLimiter::keyed(per_minute(limits.per_username_per_minute)),
-            by_address: RateLimiter::keyed(per_minute(limits.per_address_per_minute)),
+            by_account: RateLimiter::keyed(failures_per_minute(limits.per_username_per_minute)),
+            by_address: RateLimiter::keyed(attempts_per_minute(limits.per_address_per_minute)),
             blocked: Mutex::new(HashMap::new()),
             trusted_proxies: server
                 .trusted_proxies
@@ -125,10 +137,6 @@ impl Throttle {
             .or(Some(peer))
     }
 
-    fn keys(who: &Who, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
-        std::iter::once(Key::Account(who.clone())).chain(address.map(Key::Address))
-    }
-
     /// Waits until no other attempt for `who` is being checked, and
     /// holds that turn until dropped: attempts sent at once are checked one
     /// after another, each seeing the failures before it, so none slips
@@ -147,51 +155,45 @@ impl Throttle {
         Some(turn.lock_owned().await)
     }
 
-    /// Refuses an attempt for a blocked account or address with the time
-    /// until it is allowed.
-    pub fn check(&self, who: &Who, address: Option<IpAddr>) -> Result<(), Duration> {
+    /// Admits an attempt for `who` from `address`, taking the address's
+    /// cell, or refuses it with the time until it is allowed: when the
+    /// account or the address is blocked, or the address's budget is spent.
+    pub fn admit(&self, who: &Who, address: Option<IpAddr>) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
         }
-        let now = Instant::now();
-        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = Self::keys(who, address)
-            .filter_map(|key| blocked.get(&key).copied())
-            .filter(|until| *until > now)
-            .max();
-        match wait {
-            Some(until) => Err(until - now),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts a failed attempt for `who` from `address`; a key whose limit
-    /// is spent is blocked until its next cell.
-    pub fn failed(&self, who: &Who, address: Option<IpAddr>) {
-        if !self.enabled {
-            return;
-        }
         let checks = self.checks.fetch_add(1, Ordering::Relaxed);
-        let clock = DefaultClock::default();
-        let mut refusals = Vec::new();
-        for key in Self::keys(who, address) {
-            let verdict = match &key {
-                Key::Account(who) => self.by_account.check_key(who),
-                Key::Address(ip) => self.by_address.check_key(ip),
-            };
-            if let Err(not_until) = verdict {
-                refusals.push((key, not_until.wait_time_from(clock.now())));
-            }
-        }
         let now = Instant::now();
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, wait) in refusals {
-            blocked.insert(key, now + wait);
-        }
         if checks % PRUNE_EVERY == PRUNE_EVERY - 1 {
             blocked.retain(|_, until| *until > now);
             self.by_account.retain_recent();
             self.by_address.retain_recent();
+        }
+        let keys = std::iter::once(Key::Account(who.clone())).chain(address.map(Key::Address));
+        let wait = keys
+            .filter_map(|key| blocked.get(&key).copied())
+            .filter(|until| *until > now)
+            .max();
+        if let Some(until) = wait {
+            return Err(until - now);
+        }
+        let Some(ip) = address else { return Ok(()) };
+        self.by_address
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Counts a failed attempt for `who`; an account whose limit is spent
+    /// is blocked until its next cell.
+    pub fn failed(&self, who: &Who) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(not_until) = self.by_account.check_key(who) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            blocked.insert(Key::Account(who.clone()), Instant::now() + wait);
         }
     }
 }
@@ -218,30 +220,50 @@ mod tests {
     fn a_username_is_blocked_after_its_failures_and_others_are_not() {
         let t = throttle(3, &[]);
         for _ in 0..3 {
-            t.check(&Who::name("Alice"), None).unwrap();
-            t.failed(&Who::name("alice"), None);
+            t.admit(&Who::name("Alice"), None).unwrap();
+            t.failed(&Who::name("alice"));
         }
-        assert!(t.check(&Who::name("ALICE"), None).is_err());
-        t.check(&Who::name("bob"), None).unwrap();
+        assert!(t.admit(&Who::name("ALICE"), None).is_err());
+        t.admit(&Who::name("bob"), None).unwrap();
     }
 
     #[test]
     fn a_username_never_stands_for_a_user_id() {
         let t = throttle(2, &[]);
         for _ in 0..3 {
-            t.failed(&Who::name("#5"), None);
-            t.failed(&Who::name("5"), None);
+            t.failed(&Who::name("#5"));
+            t.failed(&Who::name("5"));
         }
-        assert!(t.check(&Who::name("#5"), None).is_err());
-        t.check(&Who::Id(5), None).unwrap();
+        assert!(t.admit(&Who::name("#5"), None).is_err());
+        t.admit(&Who::Id(5), None).unwrap();
     }
 
     #[test]
-    fn successes_are_not_counted() {
+    fn successes_are_not_counted_for_the_account() {
         let t = throttle(2, &[]);
         for _ in 0..10 {
-            t.check(&Who::name("alice"), None).unwrap();
+            t.admit(&Who::name("alice"), None).unwrap();
         }
+    }
+
+    #[test]
+    fn every_attempt_takes_its_address_cell_when_admitted() {
+        let t = Throttle::new(
+            &RateLimitConfig {
+                enabled: true,
+                per_username_per_minute: 1000,
+                per_address_per_minute: 3,
+            },
+            &ServerConfig::default(),
+        );
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for name in ["a", "b", "c"] {
+            t.admit(&Who::name(name), Some(ip)).unwrap();
+        }
+        let wait = t.admit(&Who::name("d"), Some(ip)).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(20));
+        t.admit(&Who::name("d"), Some("192.0.2.8".parse().unwrap()))
+            .unwrap();
     }
 
     #[test]
