@@ -158,3 +158,15 @@ CREATE TRIGGER users_meta_update_replaced AFTER UPDATE OF id, username, email ON
     UPDATE users_meta SET users = users - clashes, reorders = reorders + clashes,
         changes = changes + clashes, clashes = 0;
 END;
+
+-- migration 8
+-- Users brought in by `rosterd import`: the account each one became, keyed
+-- by where it came from ('django' or 'pocketbase') and its id there, so a
+-- re-run adds nobody twice and a PocketBase id can be looked up.
+CREATE TABLE imported_users (
+    source    TEXT    NOT NULL,
+    source_id TEXT    NOT NULL,
+    user_id   INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    PRIMARY KEY (source, source_id)
+) WITHOUT ROWID;
+CREATE INDEX imported_users_user ON imported_users (user_id);

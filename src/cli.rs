@@ -46,11 +46,50 @@ pub enum Command {
     },
     /// Check the config, secret, file permissions, database and disk
     Doctor,
+    /// Bring users in from Django or PocketBase, passwords and tokens kept
+    Import {
+        /// Where from.
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Manage users directly in the database
     User {
         /// The user command.
         #[command(subcommand)]
         command: UserCommand,
+    },
+}
+
+/// `rosterd import ...`
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// Users from a Django SQLite database, or `manage.py dumpdata` JSON
+    Django {
+        /// The database file or the JSON dump
+        file: PathBuf,
+        /// The user model, when not auth.User (as in AUTH_USER_MODEL)
+        #[arg(long, value_name = "APP_LABEL.MODEL")]
+        model: Option<String>,
+        /// Check and report only; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the others when some users are refused
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// Users from PocketBase's pb_data folder or its data.db
+    Pocketbase {
+        /// The pb_data folder or data.db
+        path: PathBuf,
+        /// The auth collection to read
+        #[arg(long, default_value = "users")]
+        collection: String,
+        /// Check and report only; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the others when some users are refused
+        #[arg(long)]
+        skip_invalid: bool,
     },
 }
 

@@ -1,7 +1,9 @@
 //! What each command of the command line does: config and file locations,
-//! `serve`, `init`, `backup`, `restore`, `doctor` and the `user` commands.
+//! `serve`, `init`, `backup`, `restore`, `doctor`, `import` and the `user`
+//! commands.
 
 mod doctor;
+mod import;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -151,6 +153,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Doctor) => {
             let loaded = load_config(&cli, &locations);
             doctor::run(&locations.config, loaded)
+        }
+        Some(Command::Import { source }) => {
+            let config = load_config(&cli, &locations)?;
+            import::run(source, || open_db(&config))
         }
         Some(Command::User { command }) => {
             let config = load_config(&cli, &locations)?;

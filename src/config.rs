@@ -20,6 +20,10 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// The fewest PBKDF2 iterations accepted at all (the pbkdf2 crate's floor).
 pub const MIN_PBKDF2_ITERATIONS: u32 = 1_000;
 
+/// The most PBKDF2 iterations a stored hash may ask for, rosterd's own or
+/// Django's: at this count one verification already takes seconds.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+
 /// The default (and OWASP-recommended) PBKDF2-HMAC-SHA256 iteration count.
 pub const DEFAULT_PBKDF2_ITERATIONS: u32 = 600_000;
 
@@ -373,10 +377,10 @@ impl Config {
     /// Range checks that hold for every command (the secret is checked only
     /// by [`Config::check_secret`], as only the server needs it).
     fn check_values(&self) -> anyhow::Result<()> {
-        if self.auth.pbkdf2_iterations < MIN_PBKDF2_ITERATIONS {
+        if !(MIN_PBKDF2_ITERATIONS..=MAX_PBKDF2_ITERATIONS).contains(&self.auth.pbkdf2_iterations) {
             bail!(
-                "auth.pbkdf2_iterations is {}, below the minimum of {MIN_PBKDF2_ITERATIONS}; \
-                 the default is {DEFAULT_PBKDF2_ITERATIONS}",
+                "auth.pbkdf2_iterations is {}, outside {MIN_PBKDF2_ITERATIONS} to \
+                 {MAX_PBKDF2_ITERATIONS}; the default is {DEFAULT_PBKDF2_ITERATIONS}",
                 self.auth.pbkdf2_iterations
             );
         }
@@ -676,13 +680,15 @@ mod tests {
     }
 
     #[test]
-    fn too_few_iterations_are_refused() {
-        let err = Config::from_sources(
-            None,
-            "test",
-            env(&[("ROSTERD_AUTH_PBKDF2_ITERATIONS", "10")]),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("pbkdf2_iterations"));
+    fn too_few_or_too_many_iterations_are_refused() {
+        for count in ["10", "10000001"] {
+            let err = Config::from_sources(
+                None,
+                "test",
+                env(&[("ROSTERD_AUTH_PBKDF2_ITERATIONS", count)]),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("pbkdf2_iterations"), "{count}");
+        }
     }
 }

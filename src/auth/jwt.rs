@@ -39,7 +39,9 @@ pub struct Claims {
     pub iat: u64,
     /// 32 hex characters, unique per token.
     pub jti: String,
-    /// The user's id as a string, as simplejwt writes it.
+    /// The user's id as a string, as simplejwt 5.4+ writes it; older
+    /// simplejwt wrote a number, which is read as its digits.
+    #[serde(deserialize_with = "string_or_integer")]
     pub user_id: String,
     /// Issuer, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +66,20 @@ impl Claims {
     pub fn expires_at(&self) -> i64 {
         i64::try_from(self.exp).unwrap_or(i64::MAX)
     }
+}
+
+/// A claim given as a string or as an integer, as its text.
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Integer(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(text) => text,
+        Either::Integer(n) => n.to_string(),
+    })
 }
 
 /// Why a token was refused; the texts are simplejwt's.
@@ -276,12 +292,21 @@ mod tests {
             "jti": "0123456789abcdef0123456789abcdef", "user_id": "5",
         });
         assert!(keys.decode_any(&signed(&base)).is_ok());
+        // Older simplejwt wrote the id as a number.
+        let mut numeric = base.clone();
+        numeric["user_id"] = json!(5);
+        assert_eq!(
+            keys.decode_any(&signed(&numeric)).unwrap().user_id(),
+            Some(5)
+        );
         for (change, want) in [
             (json!({"exp": now}), TokenError::Expired),
             (json!({"exp": now - 10}), TokenError::Expired),
             (json!({"jti": "short"}), TokenError::Invalid),
             (json!({"user_id": "0"}), TokenError::Invalid),
-            (json!({"user_id": 5}), TokenError::Invalid),
+            (json!({"user_id": 5.5}), TokenError::Invalid),
+            (json!({"user_id": true}), TokenError::Invalid),
+            (json!({"user_id": -5}), TokenError::Invalid),
             (json!({"token_type": "other"}), TokenError::Invalid),
             (json!({"aud": "app"}), TokenError::Invalid),
             (json!({"nbf": now + 50}), TokenError::Invalid),

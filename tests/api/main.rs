@@ -11,6 +11,7 @@ mod helpers;
 mod kept;
 mod lifecycle;
 mod listing;
+mod moving_in;
 mod operations;
 mod races;
 mod sessions;

@@ -725,9 +725,9 @@ pub(crate) struct Site {
 
 /// A finished command.
 pub(crate) struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
@@ -815,7 +815,7 @@ impl Site {
         cmd
     }
 
-    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
+    pub(crate) fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Out {
         let out = assert_cmd::Command::from_std(self.command(args, &[]))
             .timeout(Duration::from_secs(30))
             .write_stdin(stdin)

@@ -1,0 +1,239 @@
+//! Users brought in from another server (`rosterd import`): the checks
+//! against what the database holds, and the one transaction that writes
+//! them with their foreign password hashes, the map from their ids there,
+//! and the refresh tokens the other server had blacklisted.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::Status;
+
+/// A user as it will be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Its id in the source (a Django pk, a PocketBase id).
+    pub source_id: String,
+    /// The id to keep (Django), or `None` for a fresh one (PocketBase).
+    pub id: Option<i64>,
+    /// The username.
+    pub username: String,
+    /// The email.
+    pub email: String,
+    /// The source's hash, as it stored it; replaced at the first login.
+    pub password_hash: String,
+    /// The level.
+    pub level: i64,
+    /// The presence status.
+    pub status: Status,
+    /// The picture's URL.
+    pub profile_picture: String,
+    /// Staff (Django's `is_staff` or `is_superuser`).
+    pub is_staff: bool,
+    /// May log in.
+    pub is_active: bool,
+    /// When it joined, RFC 3339 UTC with microseconds.
+    pub created_at: String,
+}
+
+/// A refresh token the source had blacklisted, kept refused here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blacklisted {
+    /// Its `jti`.
+    pub jti: String,
+    /// Its user's id in the source.
+    pub source_user: String,
+    /// Its `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Why the database cannot take a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clash {
+    /// This source's user was imported before.
+    AlreadyImported,
+    /// Another user holds the username (ignoring case).
+    Username,
+    /// Another user holds the email (ignoring case).
+    Email,
+    /// The id is held, or was handed out before and may still be named by
+    /// a token of a deleted user.
+    Id,
+}
+
+/// What the database says about taking `user` from `source`.
+pub fn clash(conn: &Connection, source: &str, user: &Incoming) -> rusqlite::Result<Option<Clash>> {
+    let imported: Option<i64> = conn
+        .prepare_cached("SELECT user_id FROM imported_users WHERE source = ?1 AND source_id = ?2")?
+        .query_row(params![source, user.source_id], |row| row.get(0))
+        .optional()?;
+    if imported.is_some() {
+        return Ok(Some(Clash::AlreadyImported));
+    }
+    let (username, email) = super::users::taken(
+        conn,
+        Some(user.username.as_str()),
+        Some(user.email.as_str()),
+        None,
+    )?;
+    if username {
+        return Ok(Some(Clash::Username));
+    }
+    if email {
+        return Ok(Some(Clash::Email));
+    }
+    if let Some(id) = user.id {
+        let handed_out: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'users'",
+            )?
+            .query_row([], |row| row.get(0))?;
+        if id <= handed_out || id <= 0 {
+            return Ok(Some(Clash::Id));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `users` from `source` and the `blacklist` rows that name one of
+/// them, in one transaction; returns each user's new id, in order.
+pub fn write(
+    conn: &mut Connection,
+    source: &str,
+    users: &[Incoming],
+    blacklist: &[Blacklisted],
+    now: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    super::write(conn, |tx| {
+        let mut insert = tx.prepare(
+            "INSERT INTO users (id, username, email, password_hash, level, status, \
+             profile_picture, is_staff, is_active, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        )?;
+        let mut map = tx.prepare(
+            "INSERT INTO imported_users (source, source_id, user_id) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut ids = Vec::with_capacity(users.len());
+        for user in users {
+            insert.execute(params![
+                user.id,
+                user.username,
+                user.email,
+                user.password_hash,
+                user.level,
+                user.status.as_str(),
+                user.profile_picture,
+                user.is_staff,
+                user.is_active,
+                user.created_at,
+            ])?;
+            let id = tx.last_insert_rowid();
+            map.execute(params![source, user.source_id, id])?;
+            ids.push(id);
+        }
+        let mut refuse = tx.prepare(
+            "INSERT OR IGNORE INTO refresh_tokens (jti, user_id, family, expires_at, revoked) \
+             SELECT ?1, user_id, ?1, ?3, 1 FROM imported_users \
+             WHERE source = ?4 AND source_id = ?2",
+        )?;
+        for token in blacklist.iter().filter(|t| t.expires_at > now) {
+            refuse.execute(params![
+                token.jti,
+                token.source_user,
+                token.expires_at,
+                source
+            ])?;
+        }
+        Ok(ids)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::{new_user, pool};
+    use crate::db::users::insert;
+
+    fn incoming(source_id: &str, id: Option<i64>, name: &str) -> Incoming {
+        Incoming {
+            source_id: source_id.to_owned(),
+            id,
+            username: name.to_owned(),
+            email: format!("{name}@example.com"),
+            password_hash: "md5$salt$0123".to_owned(),
+            level: 2,
+            status: Status::Busy,
+            profile_picture: String::new(),
+            is_staff: true,
+            is_active: false,
+            created_at: "2020-01-02T03:04:05.000000Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn users_keep_their_ids_and_a_second_import_clashes() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        let users = [
+            incoming("7", Some(7), "seven"),
+            incoming("9", Some(9), "nine"),
+        ];
+        for user in &users {
+            assert_eq!(clash(&conn, "django", user).unwrap(), None);
+        }
+        let blacklist = [
+            Blacklisted {
+                jti: "a".repeat(32),
+                source_user: "7".into(),
+                expires_at: 2_000,
+            },
+            Blacklisted {
+                jti: "b".repeat(32),
+                source_user: "7".into(),
+                expires_at: 999,
+            },
+            Blacklisted {
+                jti: "c".repeat(32),
+                source_user: "8".into(),
+                expires_at: 2_000,
+            },
+        ];
+        assert_eq!(
+            write(&mut conn, "django", &users, &blacklist, 1_000).unwrap(),
+            [7, 9]
+        );
+        assert_eq!(
+            clash(&conn, "django", &users[0]).unwrap(),
+            Some(Clash::AlreadyImported)
+        );
+        let kept: Vec<String> = conn
+            .prepare("SELECT jti FROM refresh_tokens WHERE revoked = 1")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kept, ["a".repeat(32)]);
+        let next = insert(&mut conn, &new_user("after"), "t").unwrap();
+        assert_eq!(next.id, 10, "ids go on above the imported ones");
+    }
+
+    #[test]
+    fn names_emails_and_used_ids_clash() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        let held = insert(&mut conn, &new_user("held"), "t").unwrap();
+        let mut by_name = incoming("1", None, "HELD");
+        by_name.email = "other@example.com".into();
+        assert_eq!(clash(&conn, "pb", &by_name).unwrap(), Some(Clash::Username));
+        let mut by_email = incoming("2", None, "other");
+        by_email.email = "Held@Example.com".into();
+        assert_eq!(clash(&conn, "pb", &by_email).unwrap(), Some(Clash::Email));
+        let by_id = incoming("3", Some(held.id), "third");
+        assert_eq!(clash(&conn, "django", &by_id).unwrap(), Some(Clash::Id));
+        crate::db::users::delete(&mut conn, held.id).unwrap();
+        assert_eq!(
+            clash(&conn, "django", &by_id).unwrap(),
+            Some(Clash::Id),
+            "used before"
+        );
+    }
+}
