@@ -134,7 +134,7 @@ async fn check_credentials(
     let stored = account.password_hash.clone();
     let (matches, upgrade) = state
         .hashing(move || {
-            let matches = password::verify(&clear, &stored);
+            let matches = password::verify_at_our_cost(&clear, &stored, iterations);
             let upgrade = (matches && password::needs_rehash(&stored, iterations))
                 .then(|| password::hash(&clear, iterations));
             (matches, upgrade)

@@ -370,7 +370,7 @@ async fn change_password(
     let stored = account.password_hash;
     let hashed = state
         .hashing(move || {
-            let matches = password::verify(&old, &stored);
+            let matches = password::verify_at_our_cost(&old, &stored, iterations);
             let hash = (matches && problems.is_empty()).then(|| password::hash(&new, iterations));
             (matches, problems, hash)
         })

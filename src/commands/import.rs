@@ -13,11 +13,11 @@ mod django;
 mod found;
 mod pocketbase;
 
-use found::Refused;
+use found::{Each, Refused};
 
 use std::collections::HashMap;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::auth::password;
 use crate::cli::ImportSource;
@@ -25,56 +25,131 @@ use crate::db::Pool;
 use crate::db::import::{Clash, Incoming};
 use crate::model::{self, validate};
 
-/// The options both sources share.
-struct Options {
-    dry_run: bool,
-    skip_invalid: bool,
+/// What the first pass learnt of one user: enough to decide, after every
+/// user has been seen, whether the second pass writes it.
+struct Note {
+    source_id: Box<str>,
+    /// "username, email", for the report.
+    name: Box<str>,
+    /// Hashes of the username and e-mail, ASCII case ignored.
+    keys: [u64; 2],
+    verdict: Verdict,
+    /// The username made for a user who had none (PocketBase).
+    made_username: Option<Box<str>>,
 }
 
-/// Runs `rosterd import ...`; the database is opened (by `open`) once the
-/// source has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Import,
+    ImportedBefore,
+    Refused,
+}
+
+fn key(field: u8, value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (field, value.to_ascii_lowercase()).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Runs `rosterd import ...`. A first pass over the source checks every
+/// user and remembers only a few words of each, so a large source is never
+/// held whole; after the report, a second pass writes the users to import,
+/// in one transaction. The database is opened (by `open`) at the first
+/// user, so a source that cannot be read leaves it untouched.
 pub fn run(
     source: &ImportSource,
     open: impl FnOnce() -> anyhow::Result<Pool>,
 ) -> anyhow::Result<()> {
-    let (name, found, options) = match source {
+    let (name, dry_run, skip_invalid) = match source {
         ImportSource::Django {
-            file,
-            model,
             dry_run,
             skip_invalid,
-        } => (
-            "django",
-            django::read(file, model.as_deref())?,
-            Options {
-                dry_run: *dry_run,
-                skip_invalid: *skip_invalid,
-            },
-        ),
+            ..
+        } => ("django", dry_run, skip_invalid),
         ImportSource::Pocketbase {
-            path,
-            collection,
             dry_run,
             skip_invalid,
-        } => (
-            "pocketbase",
-            pocketbase::read(path, collection)?,
-            Options {
-                dry_run: *dry_run,
-                skip_invalid: *skip_invalid,
-            },
-        ),
+            ..
+        } => ("pocketbase", dry_run, skip_invalid),
     };
-    let pool = open()?;
-    let mut conn = pool.get()?;
-    let read = found.users.len() + found.refused.len();
-    let checked = check(&conn, name, found.users)?;
-    let mut refused = found.refused;
-    refused.extend(checked.refused);
-    println!("{}: {read} users", found.what);
-    println!("  to import: {}", checked.accepted.len());
-    if checked.already > 0 {
-        println!("  imported before (left as they are): {}", checked.already);
+    let scan = |each: &mut Each<'_>| match source {
+        ImportSource::Django { file, model, .. } => django::scan(file, model.as_deref(), each),
+        ImportSource::Pocketbase {
+            path, collection, ..
+        } => pocketbase::scan(path, collection, each),
+    };
+    let mut open = Some(open);
+    let mut pool = None;
+    let mut notes: Vec<Note> = Vec::new();
+    let mut refused: Vec<Refused> = Vec::new();
+    let mut unreadable = 0;
+    // The position of the first user holding each key.
+    let mut first: HashMap<u64, u32> = HashMap::new();
+    let scanned = scan(&mut |read| {
+        let user = match read {
+            Ok(user) => user,
+            Err(refusal) => {
+                refused.push(refusal);
+                unreadable += 1;
+                return Ok(());
+            }
+        };
+        if pool.is_none() {
+            pool = Some(
+                open.take()
+                    .map_or_else(|| bail!("opened twice"), |open| open())?,
+            );
+        }
+        let conn = pool
+            .as_ref()
+            .map(Pool::get)
+            .transpose()?
+            .context("no database")?;
+        let mut user = user;
+        let made_username = if user.username.is_empty() {
+            let made = free_username(&conn, &user.email, |name| first.contains_key(&key(0, name)))?;
+            user.username = made.clone();
+            Some(made.into_boxed_str())
+        } else {
+            None
+        };
+        let keys = [key(0, &user.username), key(1, &user.email)];
+        let position = u32::try_from(notes.len()).context("too many users")?;
+        for k in keys {
+            first.entry(k).or_insert(position);
+        }
+        let verdict = match problem(&user) {
+            Some(problem) => {
+                refused.push(Refused::of(&user, problem));
+                Verdict::Refused
+            }
+            None => match crate::db::import::clash(&conn, name, &user)? {
+                None => Verdict::Import,
+                Some(Clash::AlreadyImported) => Verdict::ImportedBefore,
+                Some(clash) => {
+                    refused.push(Refused::of(&user, clash_reason(clash)));
+                    Verdict::Refused
+                }
+            },
+        };
+        notes.push(Note {
+            name: format!("{}, {}", user.username, user.email).into_boxed_str(),
+            source_id: user.source_id.into_boxed_str(),
+            keys,
+            verdict,
+            made_username,
+        });
+        Ok(())
+    })?;
+    refuse_twins(&mut notes, &first, &mut refused);
+    let count = |v: Verdict| notes.iter().filter(|n| n.verdict == v).count();
+    let to_import = count(Verdict::Import);
+    println!("{}: {} users", scanned.what, notes.len() + unreadable);
+    println!("  to import: {to_import}");
+    let before = count(Verdict::ImportedBefore);
+    if before > 0 {
+        println!("  imported before (left as they are): {before}");
     }
     if !refused.is_empty() {
         println!("  refused: {}", refused.len());
@@ -82,108 +157,116 @@ pub fn run(
             println!("    id {} ({}): {}", r.source_id, r.name, r.reason);
         }
     }
-    if !refused.is_empty() && !options.skip_invalid {
+    if !refused.is_empty() && !skip_invalid {
         bail!(
             "nothing imported: {} users refused (listed above); fix them at the source, \
              or pass --skip-invalid to import the others",
             refused.len()
         );
     }
-    if options.dry_run {
+    if *dry_run {
         println!("dry run: nothing written");
         return Ok(());
     }
-    let ids = crate::db::import::write(
+    let Some(pool) = pool else {
+        println!("imported 0 users");
+        return Ok(());
+    };
+    let mut conn = pool.get()?;
+    let mut written = 0;
+    crate::db::import::write(
         &mut conn,
         name,
-        &checked.accepted,
-        &found.blacklist,
+        &scanned.blacklist,
         model::unix_now(),
+        |insert| {
+            let mut position = 0;
+            scan(&mut |read| {
+                let Ok(mut user) = read else { return Ok(()) };
+                let note = notes
+                    .get(position)
+                    .context("the source changed while importing")?;
+                position += 1;
+                if note.verdict != Verdict::Import {
+                    return Ok(());
+                }
+                if *note.source_id != *user.source_id {
+                    bail!("the source changed while importing: nothing written");
+                }
+                if let Some(made) = &note.made_username {
+                    user.username = made.to_string();
+                }
+                let id = insert(&user)?;
+                written += 1;
+                if note.made_username.is_some() {
+                    println!(
+                        "  {} -> id {id}, username {}",
+                        user.source_id, user.username
+                    );
+                }
+                Ok(())
+            })
+            .map(drop)
+        },
     )?;
-    if name == "pocketbase" {
-        for (user, id) in checked.accepted.iter().zip(&ids) {
-            println!(
-                "  {} -> id {id}, username {}",
-                user.source_id, user.username
-            );
-        }
-    }
-    println!("imported {} users", ids.len());
+    println!("imported {written} users");
     Ok(())
 }
 
-/// The users that pass every check, and the others.
-#[derive(Debug, Default)]
-struct Checked {
-    accepted: Vec<Incoming>,
-    refused: Vec<Refused>,
-    already: usize,
-}
-
-/// Checks each user: on its own, against the others of the source (two
-/// that collide ignoring case are both refused: which one is the real
-/// owner is for the operator to say), then against the database.
-fn check(
-    conn: &rusqlite::Connection,
-    source: &str,
-    mut users: Vec<Incoming>,
-) -> anyhow::Result<Checked> {
-    let mut taken_here: HashMap<String, String> = HashMap::new();
-    for user in users.iter_mut().filter(|u| u.username.is_empty()) {
-        user.username = free_username(conn, &user.email, &taken_here)?;
-        taken_here.insert(user.username.to_ascii_lowercase(), user.source_id.clone());
-    }
-    let mut holders: HashMap<(&str, String), Vec<&str>> = HashMap::new();
-    for user in &users {
-        for (field, value) in [("username", &user.username), ("email", &user.email)] {
-            let key = (field, value.to_ascii_lowercase());
-            holders.entry(key).or_default().push(&user.source_id);
+/// Refuses every user whose username or e-mail another user of the source
+/// holds too, ignoring case (which one owns it is for the operator to
+/// say). Keys are 64-bit hashes: two different names sharing one is
+/// vanishingly unlikely, and would only refuse them, never write wrongly.
+fn refuse_twins(notes: &mut [Note], first: &HashMap<u64, u32>, refused: &mut Vec<Refused>) {
+    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+    for (position, note) in notes.iter().enumerate() {
+        for k in note.keys {
+            if first.get(&k).is_some_and(|f| *f as usize != position) {
+                let list = holders.entry(k).or_default();
+                if list.is_empty() {
+                    list.extend(first.get(&k));
+                }
+                list.extend(u32::try_from(position).ok());
+            }
         }
     }
-    let twins = |user: &Incoming| {
-        [("username", &user.username), ("email", &user.email)]
-            .into_iter()
-            .find_map(|(field, value)| {
-                let others: Vec<&str> = holders
-                    .get(&(field, value.to_ascii_lowercase()))?
-                    .iter()
-                    .copied()
-                    .filter(|id| *id != user.source_id)
-                    .collect();
-                (!others.is_empty()).then(|| {
-                    format!(
+    for (position, note) in notes.iter().enumerate() {
+        for (field, k) in ["username", "email"].into_iter().zip(note.keys) {
+            let Some(list) = holders.get(&k) else {
+                continue;
+            };
+            let others: Vec<&str> = list
+                .iter()
+                .filter(|p| **p as usize != position)
+                .filter_map(|p| notes.get(*p as usize).map(|n| &*n.source_id))
+                .collect();
+            if note.verdict == Verdict::Import {
+                refused.push(Refused {
+                    source_id: note.source_id.to_string(),
+                    name: note.name.to_string(),
+                    reason: format!(
                         "{field} collides, ignoring case, with id {}",
                         others.join(", id ")
-                    )
-                })
-            })
-    };
-    let verdicts: Vec<Option<String>> = users
-        .iter()
-        .map(|u| problem(u).or_else(|| twins(u)))
-        .collect();
-    let mut checked = Checked::default();
-    for (user, verdict) in users.into_iter().zip(verdicts) {
-        if let Some(problem) = verdict {
-            checked.refused.push(Refused::of(&user, problem));
-            continue;
+                    ),
+                });
+            }
+            break;
         }
-        let clash = match crate::db::import::clash(conn, source, &user)? {
-            None => {
-                checked.accepted.push(user);
-                continue;
-            }
-            Some(Clash::AlreadyImported) => {
-                checked.already += 1;
-                continue;
-            }
-            Some(Clash::Username) => "username is taken, ignoring case, in this database",
-            Some(Clash::Email) => "email is taken, ignoring case, in this database",
-            Some(Clash::Id) => "its id is taken, or was used before, in this database",
-        };
-        checked.refused.push(Refused::of(&user, clash));
     }
-    Ok(checked)
+    for note in notes.iter_mut() {
+        if note.verdict == Verdict::Import && note.keys.iter().any(|k| holders.contains_key(k)) {
+            note.verdict = Verdict::Refused;
+        }
+    }
+}
+
+fn clash_reason(clash: Clash) -> &'static str {
+    match clash {
+        Clash::AlreadyImported => "imported before",
+        Clash::Username => "username is taken, ignoring case, in this database",
+        Clash::Email => "email is taken, ignoring case, in this database",
+        Clash::Id => "its id is taken, or was used before, in this database",
+    }
 }
 
 /// What is wrong with a user on its own, if anything.
@@ -213,7 +296,7 @@ fn problem(user: &Incoming) -> Option<String> {
 fn free_username(
     conn: &rusqlite::Connection,
     email: &str,
-    names: &HashMap<String, String>,
+    taken_here: impl Fn(&str) -> bool,
 ) -> anyhow::Result<String> {
     let local = email.split('@').next().unwrap_or_default();
     let mut base: String = local
@@ -226,8 +309,9 @@ fn free_username(
     }
     let mut candidate = base.clone();
     for n in 2.. {
-        let free_here = !names.contains_key(&candidate.to_ascii_lowercase());
-        if free_here && !crate::db::users::taken(conn, Some(&candidate), None, None)?.0 {
+        if !taken_here(&candidate)
+            && !crate::db::users::taken(conn, Some(&candidate), None, None)?.0
+        {
             break;
         }
         candidate = format!("{base}{n}");

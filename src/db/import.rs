@@ -93,16 +93,19 @@ pub fn clash(conn: &Connection, source: &str, user: &Incoming) -> rusqlite::Resu
     Ok(None)
 }
 
-/// Writes `users` from `source` and the `blacklist` rows that name one of
-/// them, in one transaction; returns each user's new id, in order.
-pub fn write(
+/// Writes an import in one transaction: `fill` is handed a function that
+/// inserts one user (returning its id here) and calls it for each user to
+/// import; then the `blacklist` rows that name an imported user are kept
+/// refused. Nothing is written unless everything is.
+pub fn write<E: From<rusqlite::Error>>(
     conn: &mut Connection,
     source: &str,
-    users: &[Incoming],
     blacklist: &[Blacklisted],
     now: i64,
-) -> rusqlite::Result<Vec<i64>> {
-    super::write(conn, |tx| {
+    fill: impl FnOnce(&mut dyn FnMut(&Incoming) -> rusqlite::Result<i64>) -> Result<(), E>,
+) -> Result<(), E> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
         let mut insert = tx.prepare(
             "INSERT INTO users (id, username, email, password_hash, level, status, \
              profile_picture, is_staff, is_active, created_at, updated_at) \
@@ -111,8 +114,7 @@ pub fn write(
         let mut map = tx.prepare(
             "INSERT INTO imported_users (source, source_id, user_id) VALUES (?1, ?2, ?3)",
         )?;
-        let mut ids = Vec::with_capacity(users.len());
-        for user in users {
+        fill(&mut |user: &Incoming| {
             insert.execute(params![
                 user.id,
                 user.username,
@@ -127,8 +129,8 @@ pub fn write(
             ])?;
             let id = tx.last_insert_rowid();
             map.execute(params![source, user.source_id, id])?;
-            ids.push(id);
-        }
+            Ok(id)
+        })?;
         let mut refuse = tx.prepare(
             "INSERT OR IGNORE INTO refresh_tokens (jti, user_id, family, expires_at, revoked) \
              SELECT ?1, user_id, ?1, ?3, 1 FROM imported_users \
@@ -142,8 +144,9 @@ pub fn write(
                 source
             ])?;
         }
-        Ok(ids)
-    })
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -196,10 +199,15 @@ mod tests {
                 expires_at: 2_000,
             },
         ];
-        assert_eq!(
-            write(&mut conn, "django", &users, &blacklist, 1_000).unwrap(),
-            [7, 9]
-        );
+        let mut ids = Vec::new();
+        write(&mut conn, "django", &blacklist, 1_000, |insert| {
+            for user in &users {
+                ids.push(insert(user)?);
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
+        assert_eq!(ids, [7, 9]);
         assert_eq!(
             clash(&conn, "django", &users[0]).unwrap(),
             Some(Clash::AlreadyImported)

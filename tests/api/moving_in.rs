@@ -433,3 +433,68 @@ async fn an_unusable_password_logs_in_after_set_password() {
     )
     .await;
 }
+
+/// The peak memory of `server` (VmHWM), in KiB.
+fn peak_kib(server: &crate::helpers::RunningServer) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Argon2 at Django's default cost takes 100 MiB a check. A burst of 24
+/// logins for an imported Argon2 user, sent at once, goes through the
+/// one-per-core hash gate: every one is answered (401, wrong password),
+/// and the server's peak memory grows by at most one Argon2 buffer per
+/// core (not 24), so a Pi survives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_argon2_logins_holds_one_argon2_buffer_per_core() {
+    let site = Site::new();
+    let file = fixture(&site, "django_auth", "sqlite");
+    site.run(&["import", "django", &file, "--skip-invalid"])
+        .ok();
+    let argon2 = imported("django_auth")
+        .into_iter()
+        .find(|u| {
+            u["password_hash"]
+                .as_str()
+                .is_some_and(|h| h.contains("m=102400"))
+        })
+        .expect("an Argon2 user at Django's default cost");
+    let name = argon2["username"].as_str().expect("username").to_owned();
+    let server = site.serve(&[]);
+    let url = format!("http://127.0.0.1:{}/api/token", server.port);
+    let before = peak_kib(&server);
+    let attempts: Vec<_> = (0..24)
+        .map(|n| {
+            let (url, name) = (url.clone(), name.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(120))
+                    .build()
+                    .expect("client");
+                let body = serde_json::json!({"username": name, "password": format!("wrong-{n}")});
+                client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("sent")
+                    .status()
+            })
+        })
+        .collect();
+    for attempt in attempts {
+        assert_eq!(attempt.await.expect("task"), StatusCode::UNAUTHORIZED);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let grown = peak_kib(&server).saturating_sub(before);
+    let bound = cores * 100 * 1024 + 48 * 1024;
+    assert!(
+        grown <= bound,
+        "peak memory grew by {grown} KiB in the burst; {cores} cores allow {bound} KiB"
+    );
+}

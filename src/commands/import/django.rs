@@ -11,13 +11,14 @@ use serde::Deserialize;
 use serde::de::{SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::found::{Found, Refused, timestamp};
+use super::found::{Each, Refused, Scanned, timestamp};
 use crate::db::import::{Blacklisted, Incoming};
 use crate::model::Status;
 
-/// Reads `file`, a SQLite database or dumpdata JSON, for the user model
-/// `model` (`app_label.Model`, default `auth.User`).
-pub fn read(file: &Path, model: Option<&str>) -> anyhow::Result<Found> {
+/// Scans `file`, a SQLite database or dumpdata JSON, for the user model
+/// `model` (`app_label.Model`, default `auth.User`), calling `each` with
+/// each user.
+pub fn scan(file: &Path, model: Option<&str>, each: &mut Each<'_>) -> anyhow::Result<Scanned> {
     let label = model.unwrap_or("auth.User").to_ascii_lowercase();
     let Some((app, name)) = label.split_once('.') else {
         bail!("--model must be app_label.Model, as in accounts.User (got {label:?})");
@@ -27,9 +28,9 @@ pub fn read(file: &Path, model: Option<&str>) -> anyhow::Result<Found> {
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let sqlite = opened.read_exact(&mut head).is_ok() && &head == b"SQLite format 3\0";
     if sqlite {
-        from_sqlite(file, &format!("{app}_{name}"))
+        from_sqlite(file, &format!("{app}_{name}"), each)
     } else {
-        from_json(file, &label)
+        from_json(file, &label, each)
     }
 }
 
@@ -81,14 +82,7 @@ fn user(pk: &Value, fields: &Map<String, Value>) -> Result<Incoming, Refused> {
     })
 }
 
-fn add(found: &mut Found, read: Result<Incoming, Refused>) {
-    match read {
-        Ok(user) => found.users.push(user),
-        Err(refused) => found.refused.push(refused),
-    }
-}
-
-fn from_sqlite(file: &Path, table: &str) -> anyhow::Result<Found> {
+fn from_sqlite(file: &Path, table: &str, each: &mut Each<'_>) -> anyhow::Result<Scanned> {
     let conn = rusqlite::Connection::open_with_flags(
         file,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -111,18 +105,15 @@ fn from_sqlite(file: &Path, table: &str) -> anyhow::Result<Found> {
             }
         );
     }
-    let mut found = Found {
+    let mut found = Scanned {
         what: format!("{table} in {}", file.display()),
-        ..Found::default()
+        ..Scanned::default()
     };
     let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY id"))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let fields = as_fields(row, &columns)?;
-        add(
-            &mut found,
-            user(fields.get("id").unwrap_or(&Value::Null), &fields),
-        );
+        each(user(fields.get("id").unwrap_or(&Value::Null), &fields))?;
     }
     let blacklist_tables = [
         "token_blacklist_outstandingtoken",
@@ -200,10 +191,14 @@ struct Entry {
 }
 
 /// Calls the closure with each entry of a JSON array, one at a time, so a
-/// large dump is never held whole.
-struct EachEntry<F>(F);
+/// large dump is never held whole; the closure's first error ends the scan
+/// and is kept.
+struct EachEntry<'e, F> {
+    call: F,
+    error: &'e mut Option<anyhow::Error>,
+}
 
-impl<'de, F: FnMut(Entry)> Visitor<'de> for EachEntry<F> {
+impl<'de, F: FnMut(Entry) -> anyhow::Result<()>> Visitor<'de> for EachEntry<'_, F> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -212,60 +207,77 @@ impl<'de, F: FnMut(Entry)> Visitor<'de> for EachEntry<F> {
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         while let Some(entry) = seq.next_element::<Entry>()? {
-            (self.0)(entry);
+            if let Err(err) = (self.call)(entry) {
+                *self.error = Some(err);
+                return Err(serde::de::Error::custom("stopped"));
+            }
         }
         Ok(())
     }
 }
 
-fn from_json(file: &Path, label: &str) -> anyhow::Result<Found> {
+fn from_json(file: &Path, label: &str, each: &mut Each<'_>) -> anyhow::Result<Scanned> {
     let reader = BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
     );
-    let mut found = Found {
+    let mut found = Scanned {
         what: format!("{label} in {}", file.display()),
-        ..Found::default()
+        ..Scanned::default()
     };
+    let mut users = 0_usize;
     // Outstanding tokens by pk; dumpdata writes them before the
     // blacklist entries that point at them.
     let mut outstanding: HashMap<i64, (String, i64, String)> = HashMap::new();
     let mut models_seen = std::collections::BTreeSet::new();
-    let mut each = |entry: Entry| match entry.model.as_str() {
-        m if m == label => add(&mut found, user(&entry.pk, &entry.fields)),
-        "token_blacklist.outstandingtoken" => {
-            let f = &entry.fields;
-            if let (Some(pk), Some(jti), Some(user)) = (
-                entry.pk.as_i64(),
-                f.get("jti").and_then(Value::as_str),
-                f.get("user").and_then(Value::as_i64),
-            ) {
-                let expires = f
-                    .get("expires_at")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                outstanding.insert(pk, (jti.to_owned(), user, expires.to_owned()));
+    let mut call = |entry: Entry| -> anyhow::Result<()> {
+        match entry.model.as_str() {
+            m if m == label => {
+                users += 1;
+                each(user(&entry.pk, &entry.fields))?;
+            }
+            "token_blacklist.outstandingtoken" => {
+                let f = &entry.fields;
+                if let (Some(pk), Some(jti), Some(user)) = (
+                    entry.pk.as_i64(),
+                    f.get("jti").and_then(Value::as_str),
+                    f.get("user").and_then(Value::as_i64),
+                ) {
+                    let expires = f
+                        .get("expires_at")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    outstanding.insert(pk, (jti.to_owned(), user, expires.to_owned()));
+                }
+            }
+            "token_blacklist.blacklistedtoken" => {
+                let token = entry.fields.get("token").and_then(Value::as_i64);
+                if let Some((jti, user, expires)) = token.and_then(|pk| outstanding.remove(&pk)) {
+                    found.blacklist.extend(blacklisted(jti, user, &expires));
+                }
+            }
+            other => {
+                models_seen.insert(other.to_owned());
             }
         }
-        "token_blacklist.blacklistedtoken" => {
-            let token = entry.fields.get("token").and_then(Value::as_i64);
-            if let Some((jti, user, expires)) = token.and_then(|pk| outstanding.remove(&pk)) {
-                found.blacklist.extend(blacklisted(jti, user, &expires));
-            }
-        }
-        other => {
-            models_seen.insert(other.to_owned());
-        }
+        Ok(())
     };
+    let mut error = None;
     let mut de = serde_json::Deserializer::from_reader(reader);
-    serde::Deserializer::deserialize_seq(&mut de, EachEntry(&mut each))
-        .and_then(|()| de.end())
-        .with_context(|| {
-            format!(
-                "{} is neither a SQLite database nor dumpdata JSON",
-                file.display()
-            )
-        })?;
-    if found.users.is_empty() && found.refused.is_empty() && !models_seen.is_empty() {
+    let visitor = EachEntry {
+        call: &mut call,
+        error: &mut error,
+    };
+    let parsed = serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|()| de.end());
+    if let Some(err) = error {
+        return Err(err);
+    }
+    parsed.with_context(|| {
+        format!(
+            "{} is neither a SQLite database nor dumpdata JSON",
+            file.display()
+        )
+    })?;
+    if users == 0 && !models_seen.is_empty() {
         let seen: Vec<String> = models_seen.into_iter().collect();
         bail!(
             "{} holds no {label} entries (it holds {}); name the user model with --model",

@@ -1,18 +1,18 @@
-//! What a reader found in a source: the users as rosterd will hold them,
-//! the ones it could not take and why, the blacklisted tokens; and the
-//! source's timestamps read as rosterd writes them.
+//! What a reader hands over while it scans a source: each user, as rosterd
+//! will hold it or refused with the reason; then what the source is and
+//! its blacklisted tokens. Also the source's timestamps, read as rosterd
+//! writes them.
 
 use crate::db::import::{Blacklisted, Incoming};
 
-/// What a reader found in a source.
+/// What is called with each user of a source, in the source's order.
+pub type Each<'a> = dyn FnMut(Result<Incoming, Refused>) -> anyhow::Result<()> + 'a;
+
+/// What a scan found besides the users.
 #[derive(Debug, Default)]
-pub struct Found {
-    /// What was read, for the report ("auth_user of FILE").
+pub struct Scanned {
+    /// What was read, for the report ("auth_user in FILE").
     pub what: String,
-    /// The users, in the source's order.
-    pub users: Vec<Incoming>,
-    /// Users the reader could not take (a bad date, an unknown status).
-    pub refused: Vec<Refused>,
     /// Blacklisted refresh tokens.
     pub blacklist: Vec<Blacklisted>,
 }

@@ -9,13 +9,13 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use rusqlite::OptionalExtension;
 
-use super::found::{Found, Refused, timestamp};
+use super::found::{Each, Refused, Scanned, timestamp};
 use crate::db::import::Incoming;
 use crate::model::Status;
 
-/// Reads the auth collection `collection` of `path`: a `pb_data` folder or
-/// its `data.db`.
-pub fn read(path: &Path, collection: &str) -> anyhow::Result<Found> {
+/// Scans the auth collection `collection` of `path` (a `pb_data` folder or
+/// its `data.db`), calling `each` with each user.
+pub fn scan(path: &Path, collection: &str, each: &mut Each<'_>) -> anyhow::Result<Scanned> {
     let file = if path.is_dir() {
         path.join("data.db")
     } else {
@@ -62,9 +62,9 @@ pub fn read(path: &Path, collection: &str) -> anyhow::Result<Found> {
         pick("level", "1"),
         pick("status", "'offline'"),
     );
-    let mut found = Found {
+    let found = Scanned {
         what: format!("collection {collection} in {}", file.display()),
-        ..Found::default()
+        ..Scanned::default()
     };
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
@@ -79,12 +79,10 @@ pub fn read(path: &Path, collection: &str) -> anyhow::Result<Found> {
             reason,
         };
         let Some(created_at) = timestamp(&created) else {
-            found
-                .refused
-                .push(refuse(format!("created {created:?} is not a date")));
+            each(Err(refuse(format!("created {created:?} is not a date"))))?;
             continue;
         };
-        found.users.push(Incoming {
+        each(Ok(Incoming {
             source_id: id.clone(),
             id: None,
             username: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
@@ -96,7 +94,7 @@ pub fn read(path: &Path, collection: &str) -> anyhow::Result<Found> {
             is_staff: false,
             is_active: true,
             created_at,
-        });
+        }))?;
     }
     Ok(found)
 }
