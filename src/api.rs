@@ -6,6 +6,7 @@ pub mod cors;
 pub mod error;
 pub mod filters;
 mod health;
+mod jwks;
 mod listing;
 pub mod openapi;
 pub mod token;
@@ -35,7 +36,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
     users::routes(state.clone(), max_body)
         .or(token::routes(state.clone(), max_body))
         .unify()
-        .or(health::routes(state))
+        .or(health::routes(state.clone()))
+        .unify()
+        .or(jwks::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()
@@ -108,10 +111,13 @@ fn secure(response: &mut Response) {
             "default-src 'none'; frame-ancestors 'none'",
         ),
         (REFERRER_POLICY, "no-referrer"),
-        (CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    // Nothing is cached, unless a reply says otherwise (the JWKS).
+    headers
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }
 
 /// One line per request. Only the path is logged: a query string or

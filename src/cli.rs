@@ -52,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         source: ImportSource,
     },
+    /// Manage the signing keys of an asymmetric auth.algorithm
+    Keys {
+        /// The keys command.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage users directly in the database
     User {
         /// The user command.
@@ -91,6 +97,23 @@ pub enum ImportSource {
         #[arg(long)]
         skip_invalid: bool,
     },
+}
+
+/// `rosterd keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a signing key (for auth.algorithm, or --algorithm)
+    Generate {
+        /// EdDSA, ES256 or RS256 [default: auth.algorithm]
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+    /// Make a new signing key; the old ones verify until their tokens expire
+    Rotate,
+    /// Delete keys that signed nothing still valid
+    Prune,
+    /// The keys: id, algorithm, made, and what each does
+    List,
 }
 
 /// `rosterd user ...`

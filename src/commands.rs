@@ -4,6 +4,7 @@
 
 mod doctor;
 mod import;
+mod keys;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -82,6 +83,18 @@ fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
         }
     };
     config.database.path = Some(path);
+    if config
+        .auth
+        .keys_dir
+        .as_ref()
+        .is_none_or(|d| d.as_os_str().is_empty())
+    {
+        let beside = locations
+            .config
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        config.auth.keys_dir = Some(beside.join("keys"));
+    }
     Ok(config)
 }
 
@@ -158,6 +171,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, &locations)?;
             import::run(source, || open_db(&config))
         }
+        Some(Command::Keys { command }) => {
+            let config = load_config(&cli, &locations)?;
+            keys::run(command, &config)
+        }
         Some(Command::User { command }) => {
             let config = load_config(&cli, &locations)?;
             user_command(command, &config)
@@ -185,6 +202,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         config.server.bind = bind;
     }
     config.check_secret(&locations.config)?;
+    keys::first_key(&config)?;
     let weak_hashing = config.auth.pbkdf2_iterations < config::DEFAULT_PBKDF2_ITERATIONS;
     let db_path = database_path(&config);
     let bind = config.server.bind.clone();

@@ -175,6 +175,12 @@ impl Default for DatabaseConfig {
 pub struct AuthConfig {
     /// HS256 signing secret; required, at least 32 bytes.
     pub secret: Secret,
+    /// `HS256` (with the secret), `EdDSA`, `ES256` or `RS256` (with the
+    /// key files of `keys_dir`).
+    pub algorithm: String,
+    /// The directory of the private key files; `keys` beside the config
+    /// file when not set.
+    pub keys_dir: Option<PathBuf>,
     /// PBKDF2-HMAC-SHA256 iterations for new hashes.
     pub pbkdf2_iterations: u32,
     /// Access token lifetime, in seconds.
@@ -197,6 +203,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             secret: Secret::default(),
+            algorithm: "HS256".to_owned(),
+            keys_dir: None,
             pbkdf2_iterations: DEFAULT_PBKDF2_ITERATIONS,
             access_token_lifetime: 5 * 60,
             refresh_token_lifetime: 24 * 60 * 60,
@@ -384,6 +392,7 @@ impl Config {
                 self.auth.pbkdf2_iterations
             );
         }
+        crate::auth::keys::algorithm(&self.auth.algorithm)?;
         if self.auth.access_token_lifetime == 0 || self.auth.refresh_token_lifetime == 0 {
             bail!(
                 "auth.access_token_lifetime and auth.refresh_token_lifetime must be at least 1 second"

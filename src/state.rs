@@ -47,6 +47,9 @@ pub trait DatabaseCause {
     fn database_cause(&self) -> Option<&rusqlite::Error>;
 }
 
+/// How often the key files are looked at for a rotation, in seconds.
+const KEY_CHECK_SECONDS: i64 = 5;
+
 /// Shared by every handler; cloning it is one reference count. (No
 /// `Debug`: it holds the signing keys.)
 #[derive(Clone)]
@@ -58,8 +61,10 @@ pub struct Shared {
     pub pool: db::Pool,
     /// The resolved configuration.
     pub config: Config,
-    /// JWT keys and lifetimes.
-    pub keys: Keys,
+    /// JWT keys and lifetimes; see [`AppState::keys`].
+    keys: std::sync::RwLock<Arc<Keys>>,
+    /// When the key files were last looked at, seconds since the epoch.
+    keys_checked: std::sync::atomic::AtomicI64,
     /// Password-attempt limits.
     pub throttle: Throttle,
     /// Seek points for deep pages of the user list.
@@ -99,7 +104,8 @@ impl AppState {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
         Ok(AppState(Arc::new(Shared {
-            keys: Keys::new(&config.auth),
+            keys: std::sync::RwLock::new(Arc::new(Keys::load(&config.auth)?)),
+            keys_checked: std::sync::atomic::AtomicI64::new(crate::model::unix_now()),
             throttle: Throttle::new(&config.rate_limit, &config.server),
             seek: IdSeek::default(),
             listings: Arc::new(Semaphore::new(config.server.max_full_listings)),
@@ -108,6 +114,60 @@ impl AppState {
             pool,
             config,
         })))
+    }
+
+    /// The JWT keys. Every few seconds one request looks at the key files
+    /// (`auth.keys_dir`): when `rosterd keys rotate` or `prune` changed
+    /// them, they are loaded again, so a rotation needs no restart. Keys
+    /// that cannot be loaded are logged and the ones in use kept.
+    pub fn keys(&self) -> Arc<Keys> {
+        use std::sync::atomic::Ordering;
+        let now = crate::model::unix_now();
+        let checked = self.keys_checked.load(Ordering::Relaxed);
+        let due = now >= checked + KEY_CHECK_SECONDS;
+        if due
+            && self.config.auth.keys_dir.is_some()
+            && self
+                .keys_checked
+                .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reload_keys();
+        }
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn reload_keys(&self) {
+        let Some(dir) = &self.config.auth.keys_dir else {
+            return;
+        };
+        let current: Vec<String> = {
+            let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            keys.kids().into_iter().map(str::to_owned).collect()
+        };
+        let on_disk = match crate::auth::keys::list(dir) {
+            Ok(files) => {
+                let mut kids: Vec<String> = files.into_iter().map(|f| f.kid).collect();
+                kids.sort_unstable();
+                kids
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list the key files; keeping the keys in use");
+                return;
+            }
+        };
+        if on_disk == current {
+            return;
+        }
+        match Keys::load(&self.config.auth) {
+            Ok(keys) => {
+                tracing::info!(kids = ?on_disk, "key files changed: keys loaded again");
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot load the changed key files; keeping the keys in use");
+            }
+        }
     }
 
     /// Runs `f` with a pooled connection inside one read transaction

@@ -210,7 +210,7 @@ fn decode_bearer(
     let token = std::str::from_utf8(token)
         .map_err(|_| ApiError::InvalidAccessToken(TokenError::Invalid))?;
     let claims = state
-        .keys
+        .keys()
         .decode(token, TokenType::Access)
         .map_err(ApiError::InvalidAccessToken)?;
     Ok(Bearer { claims })

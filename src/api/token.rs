@@ -88,7 +88,7 @@ async fn obtain(
         state.throttle.failed(&who);
     }
     let (user_id, valid_after) = checked?;
-    let (pair, refresh) = state.keys.issue_pair(user_id, valid_after)?;
+    let (pair, refresh) = state.keys().issue_pair(user_id, valid_after)?;
     if state.config.auth.rotate_refresh_tokens {
         state
             .write(move |conn| -> Result<_, ApiError> {
@@ -178,7 +178,7 @@ pub async fn checked_refresh(
     check_blacklist: bool,
 ) -> Result<(Claims, i64), ApiError> {
     let claims = state
-        .keys
+        .keys()
         .decode(token, TokenType::Refresh)
         .map_err(ApiError::InvalidToken)?;
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
@@ -212,10 +212,13 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let (claims, valid_after) = checked_refresh(&state, &token, !rotate).await?;
     let id = claims.user_id().ok_or(ApiError::NoActiveAccountForToken)?;
     if !rotate {
-        let access = state.keys.issue(TokenType::Access, id, valid_after)?.token;
+        let access = state
+            .keys()
+            .issue(TokenType::Access, id, valid_after)?
+            .token;
         return Ok(json_response(StatusCode::OK, &json!({ "access": access })));
     }
-    let (pair, new) = state.keys.issue_pair(id, valid_after)?;
+    let (pair, new) = state.keys().issue_pair(id, valid_after)?;
     let grace = i64::try_from(state.config.auth.rotation_grace_period).unwrap_or(i64::MAX);
     let outcome = state
         .write(move |conn| -> Result<_, ApiError> {
@@ -245,7 +248,7 @@ async fn refresh(body: RawBody, state: AppState) -> Result<Response, ApiError> {
 async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = body.text_fields([("token", false)])?;
     let claims = state
-        .keys
+        .keys()
         .decode_any(&token)
         .map_err(ApiError::InvalidToken)?;
     if claims.token_type == TokenType::Refresh.as_str() {
@@ -274,7 +277,7 @@ async fn verify(body: RawBody, state: AppState) -> Result<Response, ApiError> {
 async fn blacklist(body: RawBody, state: AppState) -> Result<Response, ApiError> {
     let [token] = body.text_fields([("refresh", false)])?;
     let claims = state
-        .keys
+        .keys()
         .decode(&token, TokenType::Refresh)
         .map_err(ApiError::InvalidToken)?;
     let newly = state

@@ -7,6 +7,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use anyhow::Context as _;
+
 use crate::config::AuthConfig;
 
 /// The two kinds of token.
@@ -109,9 +111,23 @@ impl TokenError {
 
 /// Signing and verification keys with the configured lifetimes.
 pub struct Keys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The signing key, with its `kid` when it is an asymmetric one.
+    signer: (EncodingKey, Algorithm, Option<String>),
+    /// The HS256 secret: it signs under HS256, and verifies tokens without
+    /// a `kid`.
+    secret: DecodingKey,
+    /// Under an asymmetric algorithm, a token without a `kid` (HS256) is
+    /// accepted only if issued before this instant: when the first key was
+    /// made, so tokens from before the switch live out their lifetime.
+    hs256_before: u64,
+    /// The asymmetric keys by `kid`: the signing one and the verify-only.
+    by_kid: std::collections::HashMap<String, (Algorithm, DecodingKey)>,
+    /// The JWKS document, served as is.
+    jwks: bytes::Bytes,
+    /// The checks of an HS256 token, then of a token of each asymmetric
+    /// algorithm.
     validation: Validation,
+    asymmetric: Vec<(Algorithm, Validation)>,
     access_lifetime: u64,
     refresh_lifetime: u64,
     issuer: Option<String>,
@@ -147,7 +163,7 @@ fn new_jti() -> String {
 }
 
 impl Keys {
-    /// Keys from the `[auth]` config (the secret already checked).
+    /// HS256 keys from the `[auth]` config (the secret already checked).
     pub fn new(auth: &AuthConfig) -> Keys {
         let secret = auth.secret.expose().as_bytes();
         let issuer = auth.issuer.clone().filter(|v| !v.is_empty());
@@ -167,14 +183,82 @@ impl Keys {
         }
         validation.set_required_spec_claims(&required);
         Keys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            signer: (EncodingKey::from_secret(secret), Algorithm::HS256, None),
+            secret: DecodingKey::from_secret(secret),
+            hs256_before: u64::MAX,
+            by_kid: std::collections::HashMap::new(),
+            jwks: bytes::Bytes::from_static(br#"{"keys":[]}"#),
+            asymmetric: super::keys::ASYMMETRIC
+                .iter()
+                .map(|alg| {
+                    let mut checks = validation.clone();
+                    checks.algorithms = vec![*alg];
+                    (*alg, checks)
+                })
+                .collect(),
             validation,
             access_lifetime: auth.access_token_lifetime,
             refresh_lifetime: auth.refresh_token_lifetime,
             issuer,
             audience,
         }
+    }
+
+    /// The keys of the config and of the key files `loaded` (see
+    /// [`super::keys`]): the newest file of `auth.algorithm` signs, unless
+    /// that is HS256; every file verifies.
+    pub fn with_files(auth: &AuthConfig, loaded: Vec<super::keys::Loaded>) -> anyhow::Result<Keys> {
+        let mut keys = Keys::new(auth);
+        let algorithm = super::keys::algorithm(&auth.algorithm)?;
+        keys.jwks = serde_json::to_vec(&super::keys::jwks(&loaded))?.into();
+        if algorithm != Algorithm::HS256 {
+            let first = loaded.iter().map(|k| k.file.created).min().unwrap_or(0);
+            keys.hs256_before = u64::try_from(first).unwrap_or(0);
+            let newest = loaded
+                .iter()
+                .rev()
+                .find(|k| k.file.algorithm == algorithm)
+                .with_context(|| {
+                    format!(
+                        "no {algorithm:?} key in {}: run `rosterd keys generate`",
+                        auth.keys_dir
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new(""))
+                            .display()
+                    )
+                })?;
+            keys.signer = (
+                newest.encoding.clone(),
+                algorithm,
+                Some(newest.file.kid.clone()),
+            );
+        }
+        keys.by_kid = loaded
+            .into_iter()
+            .map(|k| (k.file.kid, (k.file.algorithm, k.decoding)))
+            .collect();
+        Ok(keys)
+    }
+
+    /// The keys the config names: with `auth.keys_dir`, its key files
+    /// (see [`Keys::with_files`]); without, HS256 with the secret.
+    pub fn load(auth: &AuthConfig) -> anyhow::Result<Keys> {
+        match &auth.keys_dir {
+            Some(dir) => Keys::with_files(auth, super::keys::load(dir)?),
+            None => Keys::with_files(auth, Vec::new()),
+        }
+    }
+
+    /// The key ids loaded, sorted.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+
+    /// The JWKS document: the public keys, never a private or shared one.
+    pub fn jwks(&self) -> bytes::Bytes {
+        self.jwks.clone()
     }
 
     /// Signs one token of `kind` for `user_id`. Its `iat` is at least
@@ -195,7 +279,10 @@ impl Keys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        let (key, algorithm, kid) = &self.signer;
+        let mut header = Header::new(*algorithm);
+        header.kid.clone_from(kid);
+        let token = jsonwebtoken::encode(&header, &claims, key)?;
         Ok(Signed { token, claims })
     }
 
@@ -225,12 +312,37 @@ impl Keys {
     /// expiry, `nbf`, issuer and audience by `jsonwebtoken`, then the
     /// claims rosterd writes.
     pub fn decode_any(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        // A `kid` names an asymmetric key, whose algorithm the token's must
+        // be; without one, the token is HS256 (simplejwt's), checked with
+        // the secret.
+        let kid = if self.by_kid.is_empty() {
+            None
+        } else {
+            jsonwebtoken::decode_header(token)
+                .map_err(|_| TokenError::Invalid)?
+                .kid
+        };
+        let checked = match &kid {
+            None => jsonwebtoken::decode::<Claims>(token, &self.secret, &self.validation),
+            Some(kid) => {
+                let (algorithm, key) = self.by_kid.get(kid).ok_or(TokenError::Invalid)?;
+                let (_, checks) = self
+                    .asymmetric
+                    .iter()
+                    .find(|(alg, _)| alg == algorithm)
+                    .ok_or(TokenError::Invalid)?;
+                jsonwebtoken::decode::<Claims>(token, key, checks)
+            }
+        };
+        let claims = checked
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })?
             .claims;
+        if kid.is_none() && claims.iat >= self.hs256_before {
+            return Err(TokenError::Invalid);
+        }
         // jsonwebtoken refuses `exp < now - leeway`; simplejwt refuses a
         // token whose exp is now or past.
         if claims.exp <= now() {
@@ -352,5 +464,83 @@ mod tests {
         assert!(!signed.claims.is_void(valid_after));
         let before = keys.issue(TokenType::Access, 1, 0).unwrap();
         assert!(before.claims.is_void(valid_after));
+    }
+
+    fn asymmetric(algorithm: &str, dir: &std::path::Path) -> Keys {
+        let auth = AuthConfig {
+            secret: Secret::new("k".repeat(40)),
+            algorithm: algorithm.to_owned(),
+            keys_dir: Some(dir.to_owned()),
+            ..AuthConfig::default()
+        };
+        Keys::load(&auth).unwrap()
+    }
+
+    #[test]
+    fn asymmetric_tokens_carry_their_kid_and_verify_with_the_public_key_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (name, alg)) in [
+            ("EdDSA", Algorithm::EdDSA),
+            ("ES256", Algorithm::ES256),
+            ("RS256", Algorithm::RS256),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let made =
+                super::super::keys::generate(dir.path(), alg, 1_700_000_000 + i as i64).unwrap();
+            let keys = asymmetric(name, dir.path());
+            let (pair, _) = keys.issue_pair(3, 0).unwrap();
+            let header = jsonwebtoken::decode_header(&pair.access).unwrap();
+            assert_eq!(
+                (header.alg, header.kid.as_deref()),
+                (alg, Some(made.kid.as_str()))
+            );
+            assert_eq!(
+                keys.decode(&pair.access, TokenType::Access)
+                    .unwrap()
+                    .user_id(),
+                Some(3)
+            );
+            // A verifier with nothing but the JWKS.
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&keys.jwks()).unwrap();
+            let jwk = set.find(&made.kid).unwrap();
+            let mut checks = Validation::new(alg);
+            checks.set_required_spec_claims(&["exp"]);
+            let key = DecodingKey::from_jwk(jwk).unwrap();
+            jsonwebtoken::decode::<Claims>(&pair.access, &key, &checks).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_kids_other_algorithms_and_hs256_after_the_switch_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let made =
+            super::super::keys::generate(dir.path(), Algorithm::EdDSA, now() as i64 - 100).unwrap();
+        let keys = asymmetric("EdDSA", dir.path());
+        let base = json!({
+            "token_type": "access", "exp": now() + 100, "iat": now(),
+            "jti": "0123456789abcdef0123456789abcdef", "user_id": "5",
+        });
+        // HS256 with the secret, issued after the switch: refused; before: kept.
+        assert_eq!(
+            keys.decode_any(&signed(&base)).unwrap_err(),
+            TokenError::Invalid
+        );
+        let mut before = base.clone();
+        before["iat"] = json!(now() - 200);
+        assert!(keys.decode_any(&signed(&before)).is_ok());
+        // HS256 naming the EdDSA key's kid, or an unknown kid.
+        for kid in [made.kid.as_str(), "eddsa-20200101T000000Z-0000"] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.to_owned());
+            let key = EncodingKey::from_secret("k".repeat(40).as_bytes());
+            let token = jsonwebtoken::encode(&header, &base, &key).unwrap();
+            assert_eq!(
+                keys.decode_any(&token).unwrap_err(),
+                TokenError::Invalid,
+                "{kid}"
+            );
+        }
     }
 }

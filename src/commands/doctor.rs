@@ -34,6 +34,7 @@ pub fn run(config_path: &Path, loaded: anyhow::Result<Config>) -> anyhow::Result
                     config::DEFAULT_PBKDF2_ITERATIONS
                 )));
             }
+            check_keys(&config, &mut findings);
             if let Some(path) = &config.database.path {
                 check_database(path, &mut findings);
             }
@@ -54,6 +55,37 @@ pub fn run(config_path: &Path, loaded: anyhow::Result<Config>) -> anyhow::Result
         anyhow::bail!("{problems} finding(s) to fix");
     }
     Ok(())
+}
+
+/// The key files: each private to its owner and readable, and one to sign
+/// with under an asymmetric `auth.algorithm`.
+fn check_keys(config: &Config, findings: &mut Vec<Finding>) {
+    let Some(dir) = &config.auth.keys_dir else {
+        return;
+    };
+    let asymmetric = config.auth.algorithm != "HS256";
+    if asymmetric && !dir.exists() {
+        findings.push(Finding::Warn(format!(
+            "keys: {} does not exist yet; `rosterd serve` or `rosterd keys generate` makes it \
+             with a {} key",
+            dir.display(),
+            config.auth.algorithm
+        )));
+        return;
+    }
+    match crate::auth::jwt::Keys::load(&config.auth) {
+        Ok(keys) if keys.kids().is_empty() => {
+            if asymmetric {
+                findings.push(Finding::Fix(format!("keys: none in {}", dir.display())));
+            }
+        }
+        Ok(keys) => findings.push(Finding::Ok(format!(
+            "keys: {} key file(s) in {}, private and readable",
+            keys.kids().len(),
+            dir.display()
+        ))),
+        Err(err) => findings.push(Finding::Fix(format!("keys: {err:#}"))),
+    }
 }
 
 fn check_config_file(path: &Path, findings: &mut Vec<Finding>) {

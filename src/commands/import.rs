@@ -198,7 +198,7 @@ pub fn run(
                 }
                 let id = insert(&user)?;
                 written += 1;
-                if note.made_username.is_some() {
+                if name == "pocketbase" {
                     println!(
                         "  {} -> id {id}, username {}",
                         user.source_id, user.username

@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod helpers;
 mod kept;
+mod keys;
 mod lifecycle;
 mod listing;
 mod moving_in;

@@ -498,3 +498,49 @@ async fn a_burst_of_argon2_logins_holds_one_argon2_buffer_per_core() {
         "peak memory grew by {grown} KiB in the burst; {cores} cores allow {bound} KiB"
     );
 }
+
+/// PocketBase before v0.23 kept `username` and `passwordHash` columns: its
+/// users keep their usernames (here a database in that layout, with a
+/// PocketBase bcrypt hash from the fixtures).
+#[tokio::test]
+async fn an_older_pocketbase_layout_with_usernames_moves_in_too() {
+    let site = Site::new();
+    let user = &imported("pocketbase")[0];
+    let hash = user["password_hash"].as_str().expect("hash");
+    let old = site.path("old-data.db");
+    let conn = rusqlite::Connection::open(&old).expect("create");
+    conn.execute_batch(
+        "CREATE TABLE _collections (id TEXT PRIMARY KEY, name TEXT, type TEXT);
+         INSERT INTO _collections VALUES ('_pb_users_auth_', 'users', 'auth');
+         CREATE TABLE users (id TEXT PRIMARY KEY, created TEXT, updated TEXT,
+             username TEXT, email TEXT, emailVisibility BOOLEAN, verified BOOLEAN,
+             tokenKey TEXT, passwordHash TEXT, lastResetSentAt TEXT, name TEXT);",
+    )
+    .expect("schema");
+    conn.execute(
+        "INSERT INTO users VALUES ('abcdefghij12345', '2022-05-06 07:08:09.123Z', \
+         '2022-05-06 07:08:09.123Z', 'Old_Timer', ?1, 0, 1, 't', ?2, '', '')",
+        [user["email"].as_str().expect("email"), hash],
+    )
+    .expect("insert");
+    drop(conn);
+    let out = site
+        .run(&["import", "pocketbase", old.to_str().expect("path")])
+        .ok();
+    assert!(
+        out.stdout
+            .contains("abcdefghij12345 -> id 1, username Old_Timer"),
+        "{}",
+        out.stdout
+    );
+    let app = serve(&site).await;
+    let password = user["password"].as_str().expect("password");
+    let body = expect_json(app.login("old_timer", password).await, StatusCode::OK).await;
+    let me = expect_json(
+        app.get_me(body["access"].as_str().expect("access")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(me["username"], "Old_Timer");
+    assert_eq!(me["created_at"], "2022-05-06T07:08:09.123000Z");
+}

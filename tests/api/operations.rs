@@ -774,6 +774,13 @@ impl Site {
         site
     }
 
+    /// With the environment variable `name` set to `value` for every
+    /// command and server of this site.
+    pub(crate) fn with_env(mut self, name: &str, value: &str) -> Site {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Without the fast-hashing variable (whose start-up warning is a line
     /// of its own).
     fn default_hashing(mut self) -> Site {
