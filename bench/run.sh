@@ -9,9 +9,11 @@
 # JSON.
 #
 # Usage: bash bench/run.sh [--quick] [--json PATH] [--rounds N] [--duration S]
-#                          [--connections C] [--threads T]
+#                          [--connections C] [--threads T] [--algorithm A]
 #   --quick      smoke run: 1 round of 2 s each, 10,000 users for list_page
 #   --json PATH  where to write the JSON figures (default bench/results.json)
+#   --algorithm  auth.algorithm of the servers: HS256 (default), EdDSA,
+#                ES256 or RS256 (the first start makes the key)
 #
 # Needs: cargo, python3, openssl, wrk (installed from apt when missing).
 
@@ -27,13 +29,14 @@ JSON_OUT=$ROOT/bench/results.json
 ROUNDS=""
 DURATION=""
 THREADS=1
+ALGORITHM=HS256
 CONNECTIONS=16
 FLOOD_CONNECTIONS=8      # concurrent logins in `mixed`: more than the cores
 TIMEOUT=30s              # wrk's per-request timeout: logins queue for seconds
 USERS=1000
 PASSWORD='Bench-Pass-7fq2-Zx!'
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
@@ -43,6 +46,7 @@ while (($#)); do
         --duration) DURATION=$2; shift ;;
         --connections) CONNECTIONS=$2; shift ;;
         --threads) THREADS=$2; shift ;;
+        --algorithm) ALGORITHM=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -77,7 +81,7 @@ SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 # start_rosterd NAME DB -> sets PORT_<NAME> and PID_<NAME>
 start_rosterd() {
     local name=$1 db=$2 pid port
-    ROSTERD_SECRET=$SECRET ROSTERD_RATE_LIMIT_ENABLED=false \
+    ROSTERD_SECRET=$SECRET ROSTERD_RATE_LIMIT_ENABLED=false ROSTERD_AUTH_ALGORITHM=$ALGORITHM \
         "$BIN" --config "$CONFIG" --db "$db" serve --bind 127.0.0.1:0 \
         >"$WORK/$name.out" 2>"$WORK/$name.err" &
     pid=$!
