@@ -163,12 +163,17 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// When each key stopped signing: the moment the next key was made (the
-/// newest has not). A key retired more than `lifetime` seconds ago signed
-/// no token that is still valid.
+/// How long after the next key is made a running server may still sign
+/// with a key: it looks at the key files every 5 seconds; twice that, to
+/// be safe.
+pub const PICKUP_SECONDS: i64 = 10;
+
+/// When each key stopped signing: [`PICKUP_SECONDS`] after the next key was
+/// made (the newest has not). A key retired more than `lifetime` seconds
+/// ago signed no token that is still valid.
 pub fn retired_at(keys: &[KeyFile]) -> Vec<Option<i64>> {
     (0..keys.len())
-        .map(|i| keys.get(i + 1).map(|next| next.created))
+        .map(|i| keys.get(i + 1).map(|next| next.created + PICKUP_SECONDS))
         .collect()
 }
 
@@ -310,8 +315,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = generate(dir.path(), Algorithm::EdDSA, 1_800_000_000).unwrap();
         let new = generate(dir.path(), Algorithm::EdDSA, 1_800_000_100).unwrap();
-        assert!(prune(dir.path(), 1000, 1_800_001_000).unwrap().is_empty());
-        let pruned = prune(dir.path(), 1000, 1_800_001_101).unwrap();
+        let retired = 1_800_000_100 + PICKUP_SECONDS;
+        assert!(prune(dir.path(), 1000, retired + 1000).unwrap().is_empty());
+        let pruned = prune(dir.path(), 1000, retired + 1001).unwrap();
         assert_eq!(pruned, [old]);
         assert_eq!(list(dir.path()).unwrap(), [new]);
     }
