@@ -170,3 +170,49 @@ CREATE TABLE imported_users (
     PRIMARY KEY (source, source_id)
 ) WITHOUT ROWID;
 CREATE INDEX imported_users_user ON imported_users (user_id);
+
+-- migration 9
+-- Every committed change to a user, by any writer (the API, the command
+-- line, other tools), as a row written in the change's own transaction: the
+-- stream of GET /api/events reads them in id order, which is commit order,
+-- and a client resumes from an id, across restarts too. `user.updated` is
+-- written only when something rendered changed; `user.auth` (never sent to
+-- clients) when a user was deactivated or activated or their tokens voided,
+-- so that their open streams are checked again.
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind    TEXT    NOT NULL
+            CHECK (kind IN ('user.created', 'user.updated', 'user.deleted', 'user.auth')),
+    user_id INTEGER NOT NULL
+);
+CREATE TRIGGER events_user_created AFTER INSERT ON users BEGIN
+    INSERT INTO events (kind, user_id) VALUES ('user.created', NEW.id);
+END;
+CREATE TRIGGER events_user_updated AFTER UPDATE ON users
+WHEN OLD.id IS NOT NEW.id OR OLD.username IS NOT NEW.username
+  OR OLD.email IS NOT NEW.email OR OLD.level IS NOT NEW.level
+  OR OLD.status IS NOT NEW.status OR OLD.profile_picture IS NOT NEW.profile_picture
+  OR OLD.updated_at IS NOT NEW.updated_at
+BEGIN
+    INSERT INTO events (kind, user_id) VALUES ('user.updated', NEW.id);
+END;
+CREATE TRIGGER events_user_auth AFTER UPDATE ON users
+WHEN OLD.is_active IS NOT NEW.is_active OR OLD.tokens_valid_after IS NOT NEW.tokens_valid_after
+BEGIN
+    INSERT INTO events (kind, user_id) VALUES ('user.auth', NEW.id);
+END;
+CREATE TRIGGER events_user_deleted AFTER DELETE ON users BEGIN
+    INSERT INTO events (kind, user_id) VALUES ('user.deleted', OLD.id);
+END;
+-- The last 10,000 events are kept (a resume needs at most the last 1,000).
+CREATE TRIGGER events_keep_recent AFTER INSERT ON events BEGIN
+    DELETE FROM events WHERE id = NEW.id - 10000;
+END;
+
+-- Users who are `online` because they have an open event stream: when the
+-- last one closes (and after a restart, when none reopens) within the grace
+-- window, they go `offline`. A status a user sets without a stream is not
+-- listed here and is left alone.
+CREATE TABLE presence (
+    user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE
+);

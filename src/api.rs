@@ -4,6 +4,7 @@
 
 pub mod cors;
 pub mod error;
+mod events;
 pub mod filters;
 mod health;
 mod jwks;
@@ -38,7 +39,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
         .unify()
         .or(health::routes(state.clone()))
         .unify()
-        .or(jwks::routes(state))
+        .or(jwks::routes(state.clone()))
+        .unify()
+        .or(events::routes(state))
         .unify()
         .or(openapi::routes())
         .unify()

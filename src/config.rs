@@ -43,6 +43,43 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// `[log]`: log format.
     pub log: LogConfig,
+    /// `[events]`: the change stream's limits.
+    pub events: EventsConfig,
+    /// `[presence]`: status kept true by open streams.
+    pub presence: PresenceConfig,
+}
+
+/// `[events]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Open `GET /api/events` streams one user may hold (429 past it).
+    pub max_streams_per_user: usize,
+    /// Open streams in all (503 past it).
+    pub max_streams: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_streams_per_user: 16,
+            max_streams: 10_000,
+        }
+    }
+}
+
+/// `[presence]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Seconds after a user's last stream closes before they go offline.
+    pub grace_seconds: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { grace_seconds: 10 }
+    }
 }
 
 /// `[log]` keys.
@@ -609,6 +646,7 @@ mod tests {
             let (section, key) = (section.as_str(), key.as_str());
             let value = match kind {
                 Kind::Str if key == "format" => "json",
+                Kind::Str if key == "algorithm" => "EdDSA",
                 Kind::Str => "some-value",
                 Kind::Int => "4242",
                 Kind::Bool => "false",

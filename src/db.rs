@@ -1,6 +1,7 @@
 //! The only place with SQL: the connection pool, per-connection pragmas,
 //! and the migrations of `schema.sql` keyed on `PRAGMA user_version`.
 
+pub mod events;
 pub mod import;
 pub mod listing;
 pub mod tokens;

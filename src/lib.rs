@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod live;
 pub mod logging;
 pub mod model;
 pub mod request_id;
@@ -33,7 +34,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = server::Limits::from_config(&state.config.server);
+    let hub = tokio::spawn(live::run(state.clone()));
+    // Open event streams end when the server stops, so that the graceful
+    // shutdown does not wait for them.
+    let stopping = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.events.stop();
+    };
     server::serve(listener, api::service(state.clone()), limits, shutdown).await;
+    let _ = hub.await;
     // Checkpoint the WAL into the main file so a stopped server leaves one
     // tidy file behind; the pool closes when the last clone drops.
     let pool = state.pool.clone();

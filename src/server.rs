@@ -23,6 +23,19 @@ use crate::request_id::RequestId;
 /// The reply header carrying the request id.
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
+/// A connection's place under `max_connections`, in every request's
+/// extensions: a reply that keeps its connection open by design (an event
+/// stream) gives the place up, as its own limits bound it instead.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    /// Stops counting this connection against `max_connections`.
+    pub fn release(&self) {
+        drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
 /// Limits applied to every connection.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -93,7 +106,10 @@ pub async fn serve<S, F>(
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
         let service = service.clone();
-        let per_request = hyper::service::service_fn(move |request| {
+        let slot = ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(permit))));
+        let held = slot.clone();
+        let per_request = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(slot.clone());
             let id = RequestId::random();
             let span = tracing::info_span!("request", id = %id);
             let service = service.clone();
@@ -117,7 +133,7 @@ pub async fn serve<S, F>(
             if let Err(err) = connection.await {
                 tracing::debug!(%err, %peer, "connection closed with an error");
             }
-            drop(permit);
+            held.release();
         });
     }
     drop(listener);

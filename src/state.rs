@@ -3,6 +3,7 @@
 //! SQLite reads, [`AppState::write`] for every write (the one writer
 //! thread), [`AppState::hashing`] for PBKDF2.
 
+pub mod events;
 pub mod seek;
 pub mod throttle;
 mod writer;
@@ -40,6 +41,15 @@ pub enum StateError {
     Crashed(String),
 }
 
+impl DatabaseCause for StateError {
+    fn database_cause(&self) -> Option<&rusqlite::Error> {
+        match self {
+            StateError::Database(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
 /// The database error a failed write carries, if any: when SQLite rolled
 /// back a shared commit, the requests in it are told this cause.
 pub trait DatabaseCause {
@@ -69,6 +79,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// Seek points for deep pages of the user list.
     pub seek: IdSeek,
+    /// The change stream and presence.
+    pub events: events::Hub,
     /// One permit per whole listing streaming (`server.max_full_listings`).
     pub listings: Arc<Semaphore>,
     hashes: HashGate,
@@ -108,6 +120,7 @@ impl AppState {
             keys_checked: std::sync::atomic::AtomicI64::new(crate::model::unix_now()),
             throttle: Throttle::new(&config.rate_limit, &config.server),
             seek: IdSeek::default(),
+            events: events::Hub::new(&config),
             listings: Arc::new(Semaphore::new(config.server.max_full_listings)),
             hashes: HashGate::new(cores, config.auth.max_queued_hashes),
             writer,
@@ -221,8 +234,13 @@ impl AppState {
                 }),
             }
         }));
-        rx.await
-            .map_err(|_| StateError::Crashed("a database write failed".to_owned()))?
+        let result = rx
+            .await
+            .map_err(|_| StateError::Crashed("a database write failed".to_owned()))?;
+        if result.is_ok() {
+            self.events.wake();
+        }
+        result
     }
 
     /// Runs `f` (a password hash) on the blocking pool once a hashing slot

@@ -191,6 +191,11 @@ impl Bearer {
     pub fn user_id(&self) -> Result<i64, ApiError> {
         self.claims.user_id().ok_or(ApiError::UserNotFound)
     }
+
+    /// When the token was issued (`iat`).
+    pub fn issued_at(&self) -> u64 {
+        self.claims.iat
+    }
 }
 
 /// Requires `Authorization: Bearer <access token>` with a valid signature,
@@ -202,7 +207,8 @@ pub fn bearer(state: AppState) -> impl Filter<Extract = (Bearer,), Error = Rejec
     })
 }
 
-fn decode_bearer(
+/// Decodes an `Authorization` header as [`bearer`] does.
+pub fn decode_bearer(
     state: &AppState,
     authorization: Option<&HeaderValue>,
 ) -> Result<Bearer, ApiError> {

@@ -1,0 +1,138 @@
+//! Live events and presence: the task that feeds the event hub
+//! (`state::events`) from the change rows, and the streams' effect on
+//! presence.
+//!
+//! The change rows (`events`) are written by triggers in each change's own
+//! transaction, whoever the writer, so [`run`] reads them in commit order:
+//! when the write path says a change committed, or every 250 ms for a
+//! change made by another process. Another source of changes (PostgreSQL's
+//! `LISTEN/NOTIFY`) would only replace how [`run`] learns of new rows.
+//!
+//! Presence: a user's first stream (without `?presence=false`) makes them
+//! `online` (`busy` stays busy); when their last one closes and none
+//! reopens within `presence.grace_seconds`, they become `offline`. Both are
+//! ordinary writes, with their own events.
+
+use crate::db;
+use crate::state::events::{BATCH, Full, load};
+use crate::state::{AppState, StateError};
+
+/// An open stream, counted until dropped; the last presence stream of a
+/// user starts the grace window.
+pub struct Stream {
+    state: AppState,
+    user_id: i64,
+    presence: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.state.events.close(self.user_id, self.presence) {
+            offline_after_grace(self.state.clone(), self.user_id);
+        }
+    }
+}
+
+/// Opens a stream for `user_id`: counted, and with `presence` the user
+/// comes online (a real write, with its own event) if this is their
+/// first such stream.
+pub async fn open(state: &AppState, user_id: i64, presence: bool) -> Result<Stream, OpenError> {
+    let first = state
+        .events
+        .open(user_id, presence)
+        .map_err(OpenError::Full)?;
+    let stream = Stream {
+        state: state.clone(),
+        user_id,
+        presence,
+    };
+    if first {
+        let timestamp = crate::model::timestamp_now();
+        state
+            .write(move |conn| -> Result<_, StateError> {
+                Ok(db::events::came_online(conn, user_id, &timestamp)?)
+            })
+            .await
+            .map_err(OpenError::State)?;
+    }
+    Ok(stream)
+}
+
+/// Why [`open`] failed.
+#[derive(Debug)]
+pub enum OpenError {
+    /// A limit is reached.
+    Full(Full),
+    /// The presence write failed.
+    State(StateError),
+}
+
+/// After the grace window, takes `user_id` offline unless a presence
+/// stream of theirs opened meanwhile.
+fn offline_after_grace(state: AppState, user_id: i64) {
+    let grace = state.events.grace();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if state.events.is_present(user_id) {
+            return;
+        }
+        let timestamp = crate::model::timestamp_now();
+        let gone = state
+            .write(move |conn| -> Result<_, StateError> {
+                Ok(db::events::went_offline(conn, user_id, &timestamp)?)
+            })
+            .await;
+        if let Err(err) = gone {
+            tracing::warn!(?err, user_id, "presence: could not take a user offline");
+        }
+    });
+}
+
+/// Feeds the hub until the server stops: reads new change rows whenever a
+/// write commits or the poll interval passes, renders them, and
+/// broadcasts them. First, users left online by streams before a restart
+/// get their grace window.
+pub async fn run(state: AppState) {
+    let (_, mut stop) = state.events.subscribe();
+    let start = state
+        .read(|conn| -> Result<_, StateError> {
+            Ok((db::events::bounds(conn)?.0, db::events::present(conn)?))
+        })
+        .await;
+    let mut last = match start {
+        Ok((newest, present)) => {
+            for user_id in present {
+                offline_after_grace(state.clone(), user_id);
+            }
+            newest
+        }
+        Err(err) => {
+            tracing::error!(
+                ?err,
+                "events: cannot read the change rows; no events will be sent"
+            );
+            return;
+        }
+    };
+    while state.events.changed(&mut stop).await {
+        loop {
+            let read = state
+                .read(move |conn| -> Result<_, StateError> { Ok(load(conn, last)?) })
+                .await;
+            let (count, newest, events) = match read {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::warn!(?err, "events: cannot read the change rows");
+                    break;
+                }
+            };
+            for event in events {
+                state.events.send(event);
+            }
+            last = newest.max(last);
+            if count < BATCH as usize {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The event hub's state: a broadcast channel that fans committed changes
+//! out to every open stream (a stream more than [`BACKLOG`] events behind
+//! loses them and is told to `reset`: a slow client never holds up a writer
+//! or another client), the wake-up the write path pulls after each commit,
+//! the count of open streams per user (the limits; presence), and the
+//! one-use tickets that let a browser's `EventSource` open a stream. What
+//! feeds it and keeps presence is `crate::live`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::config::Config;
+use crate::db;
+
+/// How often the hub looks for changes nobody told it of.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Events a stream may fall behind before it is told to `reset`.
+pub const BACKLOG: usize = 1024;
+
+/// Events read per query.
+pub const BATCH: i64 = 500;
+
+/// How long a ticket may wait to be used.
+pub const TICKET_SECONDS: u64 = 30;
+
+/// One change, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Grows strictly, in commit order.
+    pub id: i64,
+    /// `user.created`, `user.updated`, `user.deleted`, or `user.auth`
+    /// (only for the hub's streams: a user's access changed).
+    pub kind: String,
+    /// The user it is about.
+    pub user_id: i64,
+    /// The `data:` line: the user as rendered, or `{"id": N}`.
+    pub data: String,
+}
+
+/// The hub; see the module docs.
+pub struct Hub {
+    sender: broadcast::Sender<Arc<Event>>,
+    wake: Notify,
+    stop: watch::Sender<bool>,
+    /// Open streams per user: all of them, and those that count for
+    /// presence.
+    streams: Mutex<HashMap<i64, (usize, usize)>>,
+    total: AtomicUsize,
+    tickets: Mutex<HashMap<String, Ticket>>,
+    max_per_user: usize,
+    max_total: usize,
+    grace: Duration,
+}
+
+/// A one-use ticket: who it is for, which token it stands for, until when.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    user_id: i64,
+    issued_at: u64,
+    expires: Instant,
+}
+
+/// Why a stream cannot open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The user holds `events.max_streams_per_user` already.
+    User,
+    /// `events.max_streams` are open.
+    Server,
+}
+
+impl Hub {
+    /// A hub with the config's limits; [`run`] feeds it.
+    pub fn new(config: &Config) -> Hub {
+        Hub {
+            sender: broadcast::channel(BACKLOG).0,
+            wake: Notify::new(),
+            stop: watch::channel(false).0,
+            streams: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            tickets: Mutex::new(HashMap::new()),
+            max_per_user: config.events.max_streams_per_user.max(1),
+            max_total: config.events.max_streams.max(1),
+            grace: Duration::from_secs(config.presence.grace_seconds),
+        }
+    }
+
+    /// The grace window of presence.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Sends `event` to every stream.
+    pub fn send(&self, event: Event) {
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    /// Waits until a change is committed (or [`POLL`] passes) or the server
+    /// stops; `false` when it stops.
+    pub async fn changed(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = self.wake.notified() => true,
+            () = tokio::time::sleep(POLL) => true,
+            _ = stop.changed() => false,
+        }
+    }
+
+    /// Tells the hub that a change was committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ends every stream (the server is stopping).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Events from now on, and a signal that turns true when the server
+    /// stops.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Event>>, watch::Receiver<bool>) {
+        (self.sender.subscribe(), self.stop.subscribe())
+    }
+
+    /// A ticket for `user_id`'s token issued at `issued_at`.
+    pub fn issue_ticket(&self, user_id: i64, issued_at: u64) -> String {
+        let ticket = format!("{:032x}", rand::random::<u128>());
+        let now = Instant::now();
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        tickets.retain(|_, t| t.expires > now);
+        tickets.insert(
+            ticket.clone(),
+            Ticket {
+                user_id,
+                issued_at,
+                expires: now + Duration::from_secs(TICKET_SECONDS),
+            },
+        );
+        ticket
+    }
+
+    /// Uses up `ticket`: its user and token's `iat`, unless it is unknown,
+    /// used or expired.
+    pub fn redeem(&self, ticket: &str) -> Option<(i64, u64)> {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let found = tickets.remove(ticket)?;
+        (found.expires > Instant::now()).then_some((found.user_id, found.issued_at))
+    }
+
+    /// Counts a stream of `user_id` in, or says which limit is reached.
+    /// `Ok(true)` when it is the user's first stream counting for presence.
+    pub fn open(&self, user_id: i64, presence: bool) -> Result<bool, Full> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let (all, present) = streams.entry(user_id).or_default();
+        if *all >= self.max_per_user {
+            return Err(Full::User);
+        }
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::Server);
+        }
+        *all += 1;
+        if presence {
+            *present += 1;
+        }
+        Ok(presence && *present == 1)
+    }
+
+    /// Counts a stream out; `true` when it was the user's last one that
+    /// counted for presence.
+    pub fn close(&self, user_id: i64, presence: bool) -> bool {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((all, present)) = streams.get_mut(&user_id) else {
+            return false;
+        };
+        *all = all.saturating_sub(1);
+        let last = presence && *present == 1;
+        if presence {
+            *present = present.saturating_sub(1);
+        }
+        if *all == 0 {
+            streams.remove(&user_id);
+        }
+        last
+    }
+
+    /// Whether `user_id` has a stream that counts for presence.
+    pub fn is_present(&self, user_id: i64) -> bool {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .get(&user_id)
+            .is_some_and(|(_, present)| *present > 0)
+    }
+}
+
+/// The change rows after `last` rendered as events: how many rows were
+/// read, the last row's id, and the events (a created or updated user that
+/// is gone by now is left out: its deletion follows).
+pub fn load(conn: &rusqlite::Connection, last: i64) -> rusqlite::Result<(usize, i64, Vec<Event>)> {
+    let rows = db::events::after(conn, last, BATCH)?;
+    let newest = rows.last().map_or(last, |r| r.id);
+    let mut wanted: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.kind == "user.created" || r.kind == "user.updated")
+        .map(|r| r.user_id)
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let users: HashMap<i64, String> = db::events::users(conn, &wanted)?
+        .into_iter()
+        .filter_map(|u| Some((u.id, serde_json::to_string(&u).ok()?)))
+        .collect();
+    let count = rows.len();
+    let events = rows
+        .into_iter()
+        .filter_map(|row| {
+            let data = match row.kind.as_str() {
+                "user.created" | "user.updated" => users.get(&row.user_id)?.clone(),
+                _ => serde_json::json!({ "id": row.user_id }).to_string(),
+            };
+            Some(Event {
+                id: row.id,
+                kind: row.kind,
+                user_id: row.user_id,
+                data,
+            })
+        })
+        .collect();
+    Ok((count, newest, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(per_user: usize, total: usize) -> Hub {
+        let mut config = Config::default();
+        config.events.max_streams_per_user = per_user;
+        config.events.max_streams = total;
+        Hub::new(&config)
+    }
+
+    #[test]
+    fn limits_count_streams_per_user_and_in_all() {
+        let hub = hub(2, 3);
+        assert_eq!(hub.open(1, true), Ok(true));
+        assert_eq!(hub.open(1, false), Ok(false));
+        assert_eq!(hub.open(1, true), Err(Full::User));
+        assert_eq!(hub.open(2, true), Ok(true));
+        assert_eq!(hub.open(3, true), Err(Full::Server));
+        assert!(!hub.close(1, false));
+        assert!(hub.close(1, true), "the last presence stream of user 1");
+        assert!(!hub.is_present(1));
+        assert!(hub.is_present(2));
+        assert_eq!(hub.open(3, true), Ok(true));
+    }
+
+    #[test]
+    fn a_ticket_is_used_once() {
+        let hub = hub(2, 3);
+        let ticket = hub.issue_ticket(7, 1000);
+        assert_eq!(ticket.len(), 32);
+        assert_eq!(hub.redeem(&ticket), Some((7, 1000)));
+        assert_eq!(hub.redeem(&ticket), None);
+        assert_eq!(hub.redeem("unknown"), None);
+    }
+
+    #[test]
+    fn an_expired_ticket_is_refused() {
+        let hub = hub(2, 3);
+        let ticket = hub.issue_ticket(7, 1000);
+        if let Some(t) = hub.tickets.lock().unwrap().get_mut(&ticket) {
+            t.expires = Instant::now() - Duration::from_secs(1);
+        }
+        assert_eq!(hub.redeem(&ticket), None);
+    }
+}
