@@ -175,7 +175,9 @@ CREATE INDEX imported_users_user ON imported_users (user_id);
 -- Every committed change to a user, by any writer (the API, the command
 -- line, other tools), as a row written in the change's own transaction: the
 -- stream of GET /api/events reads them in id order, which is commit order,
--- and a client resumes from an id, across restarts too. `user.updated` is
+-- and a client resumes from an id, across restarts too. Each row holds the
+-- user as rendered at that commit (the same eight keys as the API's JSON;
+-- a unit test holds the two renderings equal). `user.updated` is
 -- written only when something rendered changed; `user.auth` (never sent to
 -- clients) when a user was deactivated or activated or their tokens voided,
 -- so that their open streams are checked again.
@@ -183,10 +185,16 @@ CREATE TABLE events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     kind    TEXT    NOT NULL
             CHECK (kind IN ('user.created', 'user.updated', 'user.deleted', 'user.auth')),
-    user_id INTEGER NOT NULL
+    user_id INTEGER NOT NULL,
+    -- The event's data: the user as the API renders it at this commit
+    -- (`{"id": N}` for a deletion, nothing for `user.auth`).
+    data    TEXT    NOT NULL DEFAULT ''
 );
 CREATE TRIGGER events_user_created AFTER INSERT ON users BEGIN
-    INSERT INTO events (kind, user_id) VALUES ('user.created', NEW.id);
+    INSERT INTO events (kind, user_id, data) VALUES ('user.created', NEW.id,
+        json_object('id', NEW.id, 'username', NEW.username, 'email', NEW.email,
+        'level', NEW.level, 'status', NEW.status, 'profilePicture', NEW.profile_picture,
+        'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
 END;
 CREATE TRIGGER events_user_updated AFTER UPDATE ON users
 WHEN OLD.id IS NOT NEW.id OR OLD.username IS NOT NEW.username
@@ -194,7 +202,10 @@ WHEN OLD.id IS NOT NEW.id OR OLD.username IS NOT NEW.username
   OR OLD.status IS NOT NEW.status OR OLD.profile_picture IS NOT NEW.profile_picture
   OR OLD.updated_at IS NOT NEW.updated_at
 BEGIN
-    INSERT INTO events (kind, user_id) VALUES ('user.updated', NEW.id);
+    INSERT INTO events (kind, user_id, data) VALUES ('user.updated', NEW.id,
+        json_object('id', NEW.id, 'username', NEW.username, 'email', NEW.email,
+        'level', NEW.level, 'status', NEW.status, 'profilePicture', NEW.profile_picture,
+        'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
 END;
 CREATE TRIGGER events_user_auth AFTER UPDATE ON users
 WHEN OLD.is_active IS NOT NEW.is_active OR OLD.tokens_valid_after IS NOT NEW.tokens_valid_after
@@ -202,7 +213,8 @@ BEGIN
     INSERT INTO events (kind, user_id) VALUES ('user.auth', NEW.id);
 END;
 CREATE TRIGGER events_user_deleted AFTER DELETE ON users BEGIN
-    INSERT INTO events (kind, user_id) VALUES ('user.deleted', OLD.id);
+    INSERT INTO events (kind, user_id, data)
+        VALUES ('user.deleted', OLD.id, json_object('id', OLD.id));
 END;
 -- The last 10,000 events are kept (a resume needs at most the last 1,000).
 CREATE TRIGGER events_keep_recent AFTER INSERT ON events BEGIN

@@ -4,7 +4,6 @@
 
 use rusqlite::{Connection, params};
 
-use crate::model::User;
 
 /// One change, as the triggers wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,18 +14,22 @@ pub struct EventRow {
     pub kind: String,
     /// The user it is about.
     pub user_id: i64,
+    /// The user as rendered at the change's commit, `{"id": N}` for a
+    /// deletion, empty for `user.auth`.
+    pub data: String,
 }
 
 /// Up to `limit` events after `after`, oldest first.
 pub fn after(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Vec<EventRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, user_id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, kind, user_id, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit], |row| {
         Ok(EventRow {
             id: row.get(0)?,
             kind: row.get(1)?,
             user_id: row.get(2)?,
+            data: row.get(3)?,
         })
     })?;
     rows.collect()
@@ -82,17 +85,6 @@ pub fn present(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
     ids.collect()
 }
 
-/// The users among `ids` as rendered, by id.
-pub fn users(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<User>> {
-    let mut users = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(account) = super::users::by_id(conn, *id)? {
-            users.push(account.user);
-        }
-    }
-    Ok(users)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +125,21 @@ mod tests {
         );
         let (newest, oldest) = bounds(&conn).unwrap();
         assert_eq!(newest - oldest, 3);
+    }
+
+    /// The triggers render a user exactly as the API does (serde).
+    #[test]
+    fn the_rows_render_users_as_the_api_does() {
+        let (_dir, pool) = pool();
+        let mut conn = pool.get().unwrap();
+        let mut new = new_user("zoë");
+        new.status = Status::Busy;
+        new.profile_picture = "https://example.com/a\"b.png".to_owned();
+        let user = insert(&mut conn, &new, "2024-01-01T00:00:00.000001Z").unwrap();
+        let rows = after(&conn, 0, 10).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&rows[0].data).unwrap();
+        assert_eq!(stored, serde_json::to_value(&user).unwrap());
+        assert_eq!(rows[0].data, serde_json::to_string(&user).unwrap(), "same keys, same order");
     }
 
     #[test]

@@ -198,37 +198,19 @@ impl Hub {
     }
 }
 
-/// The change rows after `last` rendered as events: how many rows were
-/// read, the last row's id, and the events (a created or updated user that
-/// is gone by now is left out: its deletion follows).
+/// The change rows after `last` as events: how many rows were read, the
+/// last row's id, and the events.
 pub fn load(conn: &rusqlite::Connection, last: i64) -> rusqlite::Result<(usize, i64, Vec<Event>)> {
     let rows = db::events::after(conn, last, BATCH)?;
     let newest = rows.last().map_or(last, |r| r.id);
-    let mut wanted: Vec<i64> = rows
-        .iter()
-        .filter(|r| r.kind == "user.created" || r.kind == "user.updated")
-        .map(|r| r.user_id)
-        .collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let users: HashMap<i64, String> = db::events::users(conn, &wanted)?
-        .into_iter()
-        .filter_map(|u| Some((u.id, serde_json::to_string(&u).ok()?)))
-        .collect();
     let count = rows.len();
     let events = rows
         .into_iter()
-        .filter_map(|row| {
-            let data = match row.kind.as_str() {
-                "user.created" | "user.updated" => users.get(&row.user_id)?.clone(),
-                _ => serde_json::json!({ "id": row.user_id }).to_string(),
-            };
-            Some(Event {
-                id: row.id,
-                kind: row.kind,
-                user_id: row.user_id,
-                data,
-            })
+        .map(|row| Event {
+            id: row.id,
+            kind: row.kind,
+            user_id: row.user_id,
+            data: row.data,
         })
         .collect();
     Ok((count, newest, events))

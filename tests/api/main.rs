@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod errors;
+mod events;
 mod health;
 mod helpers;
 mod kept;
