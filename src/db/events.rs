@@ -4,7 +4,6 @@
 
 use rusqlite::{Connection, params};
 
-
 /// One change, as the triggers wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -139,7 +138,11 @@ mod tests {
         let rows = after(&conn, 0, 10).unwrap();
         let stored: serde_json::Value = serde_json::from_str(&rows[0].data).unwrap();
         assert_eq!(stored, serde_json::to_value(&user).unwrap());
-        assert_eq!(rows[0].data, serde_json::to_string(&user).unwrap(), "same keys, same order");
+        assert_eq!(
+            rows[0].data,
+            serde_json::to_string(&user).unwrap(),
+            "same keys, same order"
+        );
     }
 
     #[test]
