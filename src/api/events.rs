@@ -118,9 +118,11 @@ async fn stream(
             OpenError::Full(Full::Server) => ApiError::Busy,
             OpenError::State(err) => err.into(),
         })?;
-    let mut queue = VecDeque::from([Sse::default()
-        .event("ready")
-        .data(json!({ "user": user_id }).to_string())]);
+    let mut queue = VecDeque::from([field(
+        Sse::default(),
+        "ready",
+        json!({ "user": user_id }).to_string(),
+    )]);
     let mut last_sent = 0;
     if let Some(after) = resume {
         match replay(&state, after).await? {
@@ -155,7 +157,7 @@ async fn stream(
     let stream = futures_util::stream::unfold(feed, next);
     let keep_alive = warp::sse::keep_alive()
         .interval(Duration::from_secs(15))
-        .text("keep-alive");
+        .text(" keep-alive");
     let mut response = warp::sse::reply(keep_alive.stream(stream)).into_response();
     response
         .headers_mut()
@@ -210,15 +212,20 @@ struct Feed {
     _guard: live::Stream,
 }
 
+/// An event named `name` with `data`. Each value starts with a space, as
+/// in the SSE specification's examples (`event: ready`): a parser drops
+/// exactly that space, so a strict one and a line-splitting one read the
+/// same value.
+fn field(sse: Sse, name: &str, data: String) -> Sse {
+    sse.event(format!(" {name}")).data(format!(" {data}"))
+}
+
 fn sse(event: &Event) -> Sse {
-    Sse::default()
-        .id(event.id.to_string())
-        .event(&event.kind)
-        .data(&event.data)
+    field(Sse::default(), &event.kind, event.data.clone()).id(format!(" {}", event.id))
 }
 
 fn reset() -> Sse {
-    Sse::default().event("reset").data("{}")
+    field(Sse::default(), "reset", "{}".to_owned())
 }
 
 /// The stream's next event; `None` ends it: the server stops, or the

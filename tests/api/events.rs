@@ -533,21 +533,50 @@ async fn a_client_that_never_reads_gets_reset_and_holds_up_no_writer() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let reset = loop {
         let read = tokio::time::timeout_at(deadline, stalled.read(&mut chunk)).await;
-        let from = seen.len().saturating_sub(11);
+        let from = seen.len().saturating_sub(12);
         match read {
             Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
             _ => break false,
         }
-        if seen[from..].windows(11).any(|w| w == b"event:reset") {
+        if seen[from..].windows(12).any(|w| w == b"event: reset") {
             break true;
         }
     };
     let created = String::from_utf8_lossy(&seen)
-        .matches("event:user.created")
+        .matches("event: user.created")
         .count();
     assert!(reset, "no reset after {created} of 30,000 events");
     assert!(
         created < 30_000,
         "it lost its backlog ({created} events before reset)"
     );
+}
+
+/// The wire format: `event: `, `data: `, `id: ` with a space, as the SSE
+/// specification writes them, and a `: keep-alive` comment within 15 s
+/// (and some).
+#[tokio::test]
+async fn the_wire_format_and_keep_alive_comments() {
+    let app = spawn_app_with(quick_grace()).await;
+    let (id, access, _) = app.create_user(&TestUser::generate()).await;
+    let mut events = stream(&app, "?presence=false", &access).await;
+    expect_json(
+        app.patch_user(id, &access, &json!({"level": 3})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(17);
+    while !text.contains(": keep-alive\n") {
+        match tokio::time::timeout_at(deadline, events.response.chunk()).await {
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => panic!("no keep-alive comment within 17 s; got {text:?}"),
+        }
+    }
+    assert!(
+        text.starts_with(&format!("event: ready\ndata: {{\"user\":{id}}}\n\n")),
+        "{text:?}"
+    );
+    assert!(text.contains("event: user.updated\ndata: {"), "{text:?}");
+    assert!(text.contains("\nid: "), "{text:?}");
 }
