@@ -107,14 +107,16 @@ pub fn run(
             .transpose()?
             .context("no database")?;
         let mut user = user;
-        let made_username = if user.username.is_empty() {
-            let made = free_username(&conn, &user.email, |name| first.contains_key(&key(0, name)))?;
-            user.username = made.clone();
+        let made_username = if user.new.username.is_empty() {
+            let made = free_username(&conn, &user.new.email, |name| {
+                first.contains_key(&key(0, name))
+            })?;
+            user.new.username = made.clone();
             Some(made.into_boxed_str())
         } else {
             None
         };
-        let keys = [key(0, &user.username), key(1, &user.email)];
+        let keys = [key(0, &user.new.username), key(1, &user.new.email)];
         let position = u32::try_from(notes.len()).context("too many users")?;
         for k in keys {
             first.entry(k).or_insert(position);
@@ -134,7 +136,7 @@ pub fn run(
             },
         };
         notes.push(Note {
-            name: format!("{}, {}", user.username, user.email).into_boxed_str(),
+            name: format!("{}, {}", user.new.username, user.new.email).into_boxed_str(),
             source_id: user.source_id.into_boxed_str(),
             keys,
             verdict,
@@ -194,14 +196,14 @@ pub fn run(
                     bail!("the source changed while importing: nothing written");
                 }
                 if let Some(made) = &note.made_username {
-                    user.username = made.to_string();
+                    user.new.username = made.to_string();
                 }
                 let id = insert(&user)?;
                 written += 1;
                 if name == "pocketbase" {
                     println!(
                         "  {} -> id {id}, username {}",
-                        user.source_id, user.username
+                        user.source_id, user.new.username
                     );
                 }
                 Ok(())
@@ -271,15 +273,15 @@ fn clash_reason(clash: Clash) -> &'static str {
 
 /// What is wrong with a user on its own, if anything.
 fn problem(user: &Incoming) -> Option<String> {
-    if !password::is_known(&user.password_hash) {
+    if !password::is_known(&user.new.password_hash) {
         return Some("unknown password hash format".to_owned());
     }
     let fields = [
-        ("username", validate::username(&user.username)),
-        ("email", validate::email(&user.email)),
+        ("username", validate::username(&user.new.username)),
+        ("email", validate::email(&user.new.email)),
         (
             "profile picture",
-            validate::profile_picture(&user.profile_picture),
+            validate::profile_picture(&user.new.profile_picture),
         ),
     ];
     for (field, errors) in fields {
@@ -287,7 +289,7 @@ fn problem(user: &Incoming) -> Option<String> {
             return Some(format!("invalid {field}: {}", errors.join(" ")));
         }
     }
-    (user.level < 0).then(|| format!("invalid level: {}", user.level))
+    (user.new.level < 0).then(|| format!("invalid level: {}", user.new.level))
 }
 
 /// A username for a user who has none (PocketBase): the e-mail's local

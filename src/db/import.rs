@@ -5,29 +5,18 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::model::Status;
+use crate::model::NewUser;
 
 /// A user as it will be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Incoming {
     /// Its id in the source (a Django pk, a PocketBase id).
     pub source_id: String,
     /// The id to keep (Django), or `None` for a fresh one (PocketBase).
     pub id: Option<i64>,
-    /// The username.
-    pub username: String,
-    /// The email.
-    pub email: String,
-    /// The source's hash, as it stored it; replaced at the first login.
-    pub password_hash: String,
-    /// The level.
-    pub level: i64,
-    /// The presence status.
-    pub status: Status,
-    /// The picture's URL.
-    pub profile_picture: String,
-    /// Staff (Django's `is_staff` or `is_superuser`).
-    pub is_staff: bool,
+    /// The user, with the source's hash as it stored it (replaced at the
+    /// first login).
+    pub new: NewUser,
     /// May log in.
     pub is_active: bool,
     /// When it joined, RFC 3339 UTC with microseconds.
@@ -70,8 +59,8 @@ pub fn clash(conn: &Connection, source: &str, user: &Incoming) -> rusqlite::Resu
     }
     let (username, email) = super::users::taken(
         conn,
-        Some(user.username.as_str()),
-        Some(user.email.as_str()),
+        Some(user.new.username.as_str()),
+        Some(user.new.email.as_str()),
         None,
     )?;
     if username {
@@ -117,13 +106,13 @@ pub fn write<E: From<rusqlite::Error>>(
         fill(&mut |user: &Incoming| {
             insert.execute(params![
                 user.id,
-                user.username,
-                user.email,
-                user.password_hash,
-                user.level,
-                user.status.as_str(),
-                user.profile_picture,
-                user.is_staff,
+                user.new.username,
+                user.new.email,
+                user.new.password_hash,
+                user.new.level,
+                user.new.status.as_str(),
+                user.new.profile_picture,
+                user.new.is_staff,
                 user.is_active,
                 user.created_at,
             ])?;
@@ -156,16 +145,12 @@ mod tests {
     use crate::db::users::insert;
 
     fn incoming(source_id: &str, id: Option<i64>, name: &str) -> Incoming {
+        let mut new = new_user(name);
+        new.password_hash = "md5$salt$0123".to_owned();
         Incoming {
             source_id: source_id.to_owned(),
             id,
-            username: name.to_owned(),
-            email: format!("{name}@example.com"),
-            password_hash: "md5$salt$0123".to_owned(),
-            level: 2,
-            status: Status::Busy,
-            profile_picture: String::new(),
-            is_staff: true,
+            new,
             is_active: false,
             created_at: "2020-01-02T03:04:05.000000Z".to_owned(),
         }
@@ -230,10 +215,10 @@ mod tests {
         let mut conn = pool.get().unwrap();
         let held = insert(&mut conn, &new_user("held"), "t").unwrap();
         let mut by_name = incoming("1", None, "HELD");
-        by_name.email = "other@example.com".into();
+        by_name.new.email = "other@example.com".into();
         assert_eq!(clash(&conn, "pb", &by_name).unwrap(), Some(Clash::Username));
         let mut by_email = incoming("2", None, "other");
-        by_email.email = "Held@Example.com".into();
+        by_email.new.email = "Held@Example.com".into();
         assert_eq!(clash(&conn, "pb", &by_email).unwrap(), Some(Clash::Email));
         let by_id = incoming("3", Some(held.id), "third");
         assert_eq!(clash(&conn, "django", &by_id).unwrap(), Some(Clash::Id));

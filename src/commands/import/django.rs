@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::found::{Each, Refused, Scanned, timestamp};
 use crate::db::import::{Blacklisted, Incoming};
-use crate::model::Status;
+use crate::model::{NewUser, Status};
 
 /// Scans `file`, a SQLite database or dumpdata JSON, for the user model
 /// `model` (`app_label.Model`, default `auth.User`), calling `each` with
@@ -70,13 +70,15 @@ fn user(pk: &Value, fields: &Map<String, Value>) -> Result<Incoming, Refused> {
     Ok(Incoming {
         source_id: id.to_string(),
         id: Some(id),
-        username: text("username").to_owned(),
-        email: text("email").to_owned(),
-        password_hash: text("password").to_owned(),
-        level: fields.get("level").and_then(Value::as_i64).unwrap_or(1),
-        status,
-        profile_picture: picture.to_owned(),
-        is_staff: flag("is_staff") || flag("is_superuser"),
+        new: NewUser {
+            username: text("username").to_owned(),
+            email: text("email").to_owned(),
+            password_hash: text("password").to_owned(),
+            level: fields.get("level").and_then(Value::as_i64).unwrap_or(1),
+            status,
+            profile_picture: picture.to_owned(),
+            is_staff: flag("is_staff") || flag("is_superuser"),
+        },
         is_active: fields.get("is_active").is_none() || flag("is_active"),
         created_at,
     })

@@ -32,7 +32,7 @@ impl Refused {
     pub fn of(user: &Incoming, reason: impl Into<String>) -> Refused {
         Refused {
             source_id: user.source_id.clone(),
-            name: format!("{}, {}", user.username, user.email),
+            name: format!("{}, {}", user.new.username, user.new.email),
             reason: reason.into(),
         }
     }

@@ -11,7 +11,7 @@ use rusqlite::OptionalExtension;
 
 use super::found::{Each, Refused, Scanned, timestamp};
 use crate::db::import::Incoming;
-use crate::model::Status;
+use crate::model::{NewUser, Status};
 
 /// Scans the auth collection `collection` of `path` (a `pb_data` folder or
 /// its `data.db`), calling `each` with each user.
@@ -85,13 +85,15 @@ pub fn scan(path: &Path, collection: &str, each: &mut Each<'_>) -> anyhow::Resul
         each(Ok(Incoming {
             source_id: id.clone(),
             id: None,
-            username: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
-            email: email.clone(),
-            password_hash: row.get(2)?,
-            level: row.get::<_, Option<i64>>(5)?.unwrap_or(1),
-            status: Status::parse(&status).unwrap_or(Status::Offline),
-            profile_picture: String::new(),
-            is_staff: false,
+            new: NewUser {
+                username: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                email: email.clone(),
+                password_hash: row.get(2)?,
+                level: row.get::<_, Option<i64>>(5)?.unwrap_or(1),
+                status: Status::parse(&status).unwrap_or(Status::Offline),
+                profile_picture: String::new(),
+                is_staff: false,
+            },
             is_active: true,
             created_at,
         }))?;
