@@ -29,7 +29,7 @@ Subcommands:
 
 import argparse
 import asyncio
-import glob
+import bisect
 import json
 import math
 import os
@@ -606,6 +606,7 @@ async def churn(args):
     status_seen = {}            # user id -> (status, kernel ns) of the latest event
     transitions = {"online": 0, "offline": 0}
     offline_events = []         # (user id, kernel ns)
+    timeline = {uid: [] for uid in pool_ids}   # (kernel ns, status) at each change
 
     def on_monitor(stream, kind, eid, data, ts, now):
         if kind != b"user.updated":
@@ -616,6 +617,7 @@ async def churn(args):
             prev = status_seen.get(uid, ("offline", 0))[0]
             if status != prev:
                 transitions[status] = transitions.get(status, 0) + 1
+                timeline[uid].append((ts, status))
                 if status == "offline":
                     offline_events.append((uid, ts))
             status_seen[uid] = (status, ts)
@@ -630,7 +632,7 @@ async def churn(args):
     error_samples = []
     open_streams = {uid: set() for uid in pool_ids}
     mine = {uid: 0 for uid in pool_ids}   # opening or open, by our count
-    history = {uid: [] for uid in pool_ids}  # (ready ns, close ns or None) per stream
+    history = {uid: [] for uid in pool_ids}  # [asked, ready or None, closed or None] ns per stream
     sleeping = set()
     opening = set()
     ready_ns = []
@@ -646,7 +648,7 @@ async def churn(args):
         if stream.tag is not None:
             error("broken stream", f"user {stream.user}: {why}")
             open_streams[stream.user].discard(stream)
-            stream.tag[1] = time.time_ns()
+            stream.tag[2] = time.time_ns()
             mine[stream.user] -= 1
 
     def on_event(stream, kind, eid, data, ts, now):
@@ -659,12 +661,13 @@ async def churn(args):
                                    on_event, on_end, timeout=10)
         if stream.ended:
             mine[uid] -= 1
+            history[uid].append([stream.opened_ns, None, time.time_ns()])
             kind = f"status {stream.status}" if stream.status else stream.ended
             error(kind, f"user {uid}: {stream.ended} {stream.error_body[:120]!r}")
             return
         opened += 1
         ready_ns.append(stream.ready_ns - stream.opened_ns)
-        stream.tag = [stream.ready_ns, None]
+        stream.tag = [stream.opened_ns, stream.ready_ns, None]
         history[uid].append(stream.tag)
         open_streams[uid].add(stream)
         task = asyncio.current_task()
@@ -678,7 +681,7 @@ async def churn(args):
             sleeping.discard(task)
         if not stream.ended:
             stream.close()
-            stream.tag[1] = stream.close_ns
+            stream.tag[2] = stream.close_ns
             open_streams[uid].discard(stream)
             mine[uid] -= 1
             closed += 1
@@ -687,6 +690,7 @@ async def churn(args):
         f"(grace {args.grace} s)")
     cpu_self0, cpu_srv0 = self_cpu_seconds(), proc_cpu_seconds(args.pid)
     t0 = time.monotonic()
+    t_start = time.time_ns()
     total = int(args.rate * args.seconds)
     skipped = 0
     for i in range(total):
@@ -724,12 +728,10 @@ async def churn(args):
     # The end: a random half of the users lose every stream now; the others
     # keep theirs (some of them have none).
     closing = set(rng.sample(pool_ids, len(pool_ids) // 2))
-    end_close_ns = {}
     for uid in closing:
         for stream in list(open_streams[uid]):
             stream.close()
-            stream.tag[1] = stream.close_ns
-            end_close_ns[uid] = stream.close_ns
+            stream.tag[2] = stream.close_ns
             mine[uid] -= 1
         open_streams[uid].clear()
     held = {uid for uid in pool_ids if open_streams[uid]}
@@ -759,36 +761,19 @@ async def churn(args):
                            "mismatches": len(wrong_end), "details": wrong_end[:20]}
     log(f"status after the grace window: {len(wrong_end)} mismatch(es) of {len(pool_ids)}")
 
-    # Offline delay of the users closed at the end: their offline event's
-    # arrival at the monitor minus our close of their last stream.
-    delays = []
-    for uid, ts in offline_events:
-        if uid in end_close_ns and ts > end_close_ns[uid]:
-            delays.append(ts - end_close_ns[uid])
-    result["offline_after_last_close_ms"] = dist_ms(delays)
-
-    # Offline while a stream of that user was open (ready 50 ms before the
-    # event arrived, not closed by us until after it).
-    margin = 50_000_000
-    wrong_offline = []
-    for uid, ts in offline_events:
-        for ready, closed_at in history[uid]:
-            if ready < ts - margin and (closed_at is None or closed_at > ts):
-                wrong_offline.append({"user": uid, "event_ns": ts, "stream_ready_ns": ready,
-                                      "stream_closed_ns": closed_at})
-                break
-    result["offline_while_open"] = len(wrong_offline)
-    result["offline_while_open_details"] = wrong_offline[:10]
-
     # Then every stream closes: everyone offline after the grace window.
     for uid in pool_ids:
         for stream in list(open_streams[uid]):
             stream.close()
+            stream.tag[2] = stream.close_ns
         open_streams[uid].clear()
     await asyncio.sleep(args.grace + args.settle)
     wrong_all = await check(set())
     result["check_all_closed"] = {"mismatches": len(wrong_all), "details": wrong_all[:20]}
     log(f"all streams closed, after the grace window: {len(wrong_all)} mismatch(es)")
+
+    t_end = time.time_ns()
+    result.update(analyse(pool_ids, history, timeline, offline_events, t_start, t_end, args.grace))
     result["transitions_seen"] = transitions
     result["monitor_ended"] = monitor_end
     monitor.close()
@@ -797,6 +782,81 @@ async def churn(args):
     result["error_samples"] = error_samples
     result["rss_kib"] = proc_kib(args.pid, "VmRSS")
     return result
+
+
+def merged(intervals):
+    """Sorted, merged [start, end) intervals and their starts."""
+    out = []
+    for a, b in sorted(intervals):
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out, [a for a, _ in out]
+
+
+def covers(spans, t):
+    out, starts = spans
+    i = bisect.bisect_right(starts, t) - 1
+    return i >= 0 and t < out[i][1]
+
+
+def analyse(pool_ids, history, timeline, offline_events, t_start, t_end, grace):
+    """The whole run against the monitor's view of every status.
+
+    Sampled every 50 ms from the first open to the last check, a user is
+    wrongly offline when a stream of theirs has been ready for 100 ms and is
+    not closed yet, and wrongly online when no stream of theirs was asked
+    for or open within the last grace + 0.5 s. Offline changes that came
+    sooner than the grace window after our close of the user's last stream
+    are counted apart (`offline_early`): not a wrong status, a short grace."""
+    grace_ns = int(grace * NS)
+    tolerance = 100_000_000
+    wrong = {"offline": {}, "online": {}}
+    step = 50_000_000
+    for uid in pool_ids:
+        records = history[uid]
+        must = merged([(r + tolerance, c if c is not None else t_end) for a, r, c in records
+                       if r is not None])
+        may = merged([(a, (c if c is not None else t_end) + grace_ns + 500_000_000)
+                      for a, r, c in records])
+        changes = timeline[uid]
+        times = [t for t, _ in changes]
+        t = t_start
+        while t < t_end:
+            i = bisect.bisect_right(times, t) - 1
+            status = changes[i][1] if i >= 0 else "offline"
+            if status == "offline" and covers(must, t):
+                wrong["offline"].setdefault(uid, []).append(t)
+            elif status == "online" and not covers(may, t):
+                wrong["online"].setdefault(uid, []).append(t)
+            t += step
+    out = {}
+    for kind, users in wrong.items():
+        out[f"wrongly_{kind}"] = {
+            "users": len(users),
+            "seconds": round(sum(len(v) for v in users.values()) * step / NS, 2),
+            "examples": [{"user": uid, "from_s": round((v[0] - t_start) / NS, 2),
+                          "to_s": round((v[-1] - t_start) / NS, 2)}
+                         for uid, v in list(users.items())[:10]],
+        }
+    delays, early = [], []
+    for uid, ts in offline_events:
+        closes = [c for a, r, c in history[uid] if c is not None and c < ts]
+        if not closes or any(a < ts and (c is None or c > ts) for a, r, c in history[uid]):
+            continue
+        delay = ts - max(closes)
+        delays.append(delay)
+        if delay < grace_ns - 50_000_000:
+            early.append({"user": uid, "at_s": round((ts - t_start) / NS, 2),
+                          "after_last_close_ms": round(delay / 1e6, 1),
+                          "closes_within_grace_before": sum(1 for c in closes if c > ts - grace_ns)})
+    out["offline_after_last_close_ms"] = dist_ms(delays)
+    out["offline_early"] = len(early)
+    out["offline_early_details"] = early[:10]
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -867,13 +927,16 @@ def report(args):
     if r and "check_end" in r:
         figures["presence_churn"] = r
         ce, ca = r["check_end"], r["check_all_closed"]
+        wo, wn = r["wrongly_offline"], r["wrongly_online"]
         ok = r["error_count"] == 0 and ce["mismatches"] == 0 and ca["mismatches"] == 0
         failed |= not ok
         errs = ", ".join(f"{v} {k}" for k, v in sorted(r["errors"].items())) or "0 errors"
         text = (f"{r['opened']:,} streams opened at {r['open_rate']:.0f}/s for {r['seconds']} s over "
                 f"{r['users']} users (grace {r['grace_seconds']} s): {errs}; at the end "
                 f"{ce['mismatches']} wrong of {r['users']} ({ce['online_expected']} should be online, "
-                f"{ce['offline_expected']} offline); after closing all, {ca['mismatches']} wrong")
+                f"{ce['offline_expected']} offline); after closing all, {ca['mismatches']} wrong; "
+                f"during the run: {wo['users']} users offline with a stream open ({wo['seconds']} s), "
+                f"{wn['users']} online with none past grace + 0.5 s ({wn['seconds']} s)")
         rows.append(("presence_churn", text, want, "pass" if ok else "FAIL"))
     else:
         rows.append(("presence_churn", (r or {}).get("error", "did not run"), want, "FAIL"))
@@ -902,7 +965,8 @@ def report(args):
                      f"{fmt_ms(off.get('p50'))}, max {fmt_ms(off.get('max'))}; "
                      f"{r['transitions_seen'].get('online', 0):,} online / "
                      f"{r['transitions_seen'].get('offline', 0):,} offline changes seen; "
-                     f"{r['offline_while_open']} went offline with a stream open; CPU generator "
+                     f"{r['offline_early']} offline changes came sooner than the grace window after "
+                     f"the user's last close (min {fmt_ms(off.get('min'))}); CPU generator "
                      f"{r['generator_cpu_pct']}% / server {r['server_cpu_pct']}%")
     logs = facts.get("server_log", {})
     for name, v in sorted(logs.items()):

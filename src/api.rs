@@ -2,6 +2,8 @@
 //! request log line, and (in [`service`]) what every reply carries: the
 //! security and CORS headers, and the whole-request time limit.
 
+mod accounts;
+mod admin;
 pub mod cors;
 pub mod error;
 mod events;
@@ -34,7 +36,10 @@ use filters::Peer;
 /// line per request.
 pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
     let max_body = state.config.server.max_body_bytes;
+    let state_admin = state.config.admin.enabled;
     users::routes(state.clone(), max_body)
+        .or(accounts::routes(state.clone(), max_body))
+        .unify()
         .or(token::routes(state.clone(), max_body))
         .unify()
         .or(health::routes(state.clone()))
@@ -44,6 +49,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
         .or(events::routes(state))
         .unify()
         .or(openapi::routes())
+        .unify()
+        .or(admin::routes(state_admin))
         .unify()
         .recover(error::recover)
         .unify()
@@ -109,18 +116,23 @@ fn secure(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in [
         (X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (
-            CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
         (REFERRER_POLICY, "no-referrer"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
-    // Nothing is cached, unless a reply says otherwise (the JWKS).
-    headers
-        .entry(CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    // Nothing is cached, and no content may run, unless a reply says
+    // otherwise (the JWKS may be cached; the admin page runs its script).
+    for (name, value) in [
+        (CACHE_CONTROL, "no-store"),
+        (
+            CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
 }
 
 /// One line per request. Only the path is logged: a query string or

@@ -47,6 +47,22 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[presence]`: status kept true by open streams.
     pub presence: PresenceConfig,
+    /// `[admin]`: the admin page.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]` keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin page at `/admin/`.
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true }
+    }
 }
 
 /// `[events]` keys.

@@ -1,6 +1,7 @@
 //! Black-box tests of rosterd over real HTTP: one test binary, one module
 //! per area of the API, the harness in `helpers`.
 
+mod admin;
 mod attacks;
 mod bad_input;
 mod cli;
