@@ -27,8 +27,8 @@ pub struct Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if self.state.events.close(self.user_id, self.presence) {
-            offline_after_grace(self.state.clone(), self.user_id);
+        if let Some(opens) = self.state.events.close(self.user_id, self.presence) {
+            offline_after_grace(self.state.clone(), self.user_id, opens);
         }
     }
 }
@@ -68,12 +68,13 @@ pub enum OpenError {
 }
 
 /// After the grace window, takes `user_id` offline unless a presence
-/// stream of theirs opened meanwhile.
-fn offline_after_grace(state: AppState, user_id: i64) {
+/// stream of theirs opened meanwhile (they had opened `opens` when their
+/// last one closed).
+fn offline_after_grace(state: AppState, user_id: i64, opens: u64) {
     let grace = state.events.grace();
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        if state.events.is_present(user_id) {
+        if !state.events.gone_since(user_id, opens) {
             return;
         }
         let timestamp = crate::model::timestamp_now();
@@ -102,7 +103,7 @@ pub async fn run(state: AppState) {
     let mut last = match start {
         Ok((newest, present)) => {
             for user_id in present {
-                offline_after_grace(state.clone(), user_id);
+                offline_after_grace(state.clone(), user_id, 0);
             }
             newest
         }

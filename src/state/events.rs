@@ -47,14 +47,21 @@ pub struct Hub {
     sender: broadcast::Sender<Arc<Event>>,
     wake: Notify,
     stop: watch::Sender<bool>,
-    /// Open streams per user: all of them, and those that count for
-    /// presence.
-    streams: Mutex<HashMap<i64, (usize, usize)>>,
+    streams: Mutex<Counts>,
     total: AtomicUsize,
     tickets: Mutex<HashMap<String, Ticket>>,
     max_per_user: usize,
     max_total: usize,
     grace: Duration,
+}
+
+/// Open streams per user: all of them, and those that count for presence;
+/// and how many presence streams each user has opened, so that a grace
+/// window knows whether its user came back meanwhile.
+#[derive(Debug, Default)]
+struct Counts {
+    open: HashMap<i64, (usize, usize)>,
+    presence_opens: HashMap<i64, u64>,
 }
 
 /// A one-use ticket: who it is for, which token it stands for, until when.
@@ -81,7 +88,7 @@ impl Hub {
             sender: broadcast::channel(BACKLOG).0,
             wake: Notify::new(),
             stop: watch::channel(false).0,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Counts::default()),
             total: AtomicUsize::new(0),
             tickets: Mutex::new(HashMap::new()),
             max_per_user: config.events.max_streams_per_user.max(1),
@@ -154,8 +161,8 @@ impl Hub {
     /// Counts a stream of `user_id` in, or says which limit is reached.
     /// `Ok(true)` when it is the user's first stream counting for presence.
     pub fn open(&self, user_id: i64, presence: bool) -> Result<bool, Full> {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let (all, present) = streams.entry(user_id).or_default();
+        let mut counts = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let (all, present) = counts.open.entry(user_id).or_default();
         if *all >= self.max_per_user {
             return Err(Full::User);
         }
@@ -164,37 +171,48 @@ impl Hub {
             return Err(Full::Server);
         }
         *all += 1;
-        if presence {
-            *present += 1;
+        if !presence {
+            return Ok(false);
         }
-        Ok(presence && *present == 1)
+        *present += 1;
+        let first = *present == 1;
+        *counts.presence_opens.entry(user_id).or_default() += 1;
+        Ok(first)
     }
 
-    /// Counts a stream out; `true` when it was the user's last one that
-    /// counted for presence.
-    pub fn close(&self, user_id: i64, presence: bool) -> bool {
+    /// Counts a stream out. When it was the user's last one that counted
+    /// for presence: how many they had opened, for [`Hub::gone_since`].
+    pub fn close(&self, user_id: i64, presence: bool) -> Option<u64> {
         self.total.fetch_sub(1, Ordering::Relaxed);
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((all, present)) = streams.get_mut(&user_id) else {
-            return false;
-        };
+        let mut counts = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let (all, present) = counts.open.get_mut(&user_id)?;
         *all = all.saturating_sub(1);
         let last = presence && *present == 1;
         if presence {
             *present = present.saturating_sub(1);
         }
         if *all == 0 {
-            streams.remove(&user_id);
+            counts.open.remove(&user_id);
         }
-        last
+        if last {
+            counts.presence_opens.get(&user_id).copied()
+        } else {
+            None
+        }
     }
 
-    /// Whether `user_id` has a stream that counts for presence.
-    pub fn is_present(&self, user_id: i64) -> bool {
-        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        streams
-            .get(&user_id)
-            .is_some_and(|(_, present)| *present > 0)
+    /// Whether `user_id` opened no presence stream since their last one
+    /// closed, when they had opened `opens` (and then forgets them). After
+    /// a restart, `opens` 0 asks whether they opened any.
+    pub fn gone_since(&self, user_id: i64, opens: u64) -> bool {
+        let mut counts = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let now = counts.presence_opens.get(&user_id).copied().unwrap_or(0);
+        let present = counts.open.get(&user_id).is_some_and(|(_, p)| *p > 0);
+        if present || now != opens {
+            return false;
+        }
+        counts.presence_opens.remove(&user_id);
+        true
     }
 }
 
@@ -235,11 +253,30 @@ mod tests {
         assert_eq!(hub.open(1, true), Err(Full::User));
         assert_eq!(hub.open(2, true), Ok(true));
         assert_eq!(hub.open(3, true), Err(Full::Server));
-        assert!(!hub.close(1, false));
-        assert!(hub.close(1, true), "the last presence stream of user 1");
-        assert!(!hub.is_present(1));
-        assert!(hub.is_present(2));
+        assert_eq!(hub.close(1, false), None);
+        assert_eq!(
+            hub.close(1, true),
+            Some(1),
+            "the last presence stream of user 1"
+        );
+        assert!(hub.gone_since(1, 1));
+        assert!(!hub.gone_since(2, 1), "user 2 is present");
         assert_eq!(hub.open(3, true), Ok(true));
+    }
+
+    #[test]
+    fn a_grace_window_knows_whether_its_user_came_back() {
+        let hub = hub(4, 10);
+        hub.open(1, true).unwrap();
+        let first_close = hub.close(1, true).unwrap();
+        hub.open(1, true).unwrap();
+        let second_close = hub.close(1, true).unwrap();
+        assert!(
+            !hub.gone_since(1, first_close),
+            "came back after the first close"
+        );
+        assert!(hub.gone_since(1, second_close));
+        assert!(hub.gone_since(7, 0), "never streamed since a restart");
     }
 
     #[test]
