@@ -100,9 +100,7 @@ async fn stream(
             (bearer.user_id()?, bearer.issued_at())
         }
     };
-    if !allowed(&state, user_id, issued_at).await? {
-        return Err(ApiError::UserNotFound);
-    }
+    allowed(&state, user_id, issued_at).await?;
     let presence = !matches!(query.presence.as_deref(), Some("false" | "0"));
     let resume = last_event_id
         .or(query.last_event_id)
@@ -165,15 +163,21 @@ async fn stream(
     Ok(response)
 }
 
-/// Whether `user_id` exists, is active, and a token issued at `issued_at`
-/// is not void.
-async fn allowed(state: &AppState, user_id: i64, issued_at: u64) -> Result<bool, StateError> {
+/// Checks that `user_id` exists and is active (else 401 `user_not_found`)
+/// and that a token issued at `issued_at` is not void (else 401
+/// `token_not_valid`), as every authenticated request is checked.
+async fn allowed(state: &AppState, user_id: i64, issued_at: u64) -> Result<(), ApiError> {
     let auth = state
         .read(move |conn| -> Result<_, StateError> {
             Ok(crate::db::users::auth_state(conn, user_id)?)
         })
-        .await?;
-    Ok(auth.is_some_and(|a| i64::try_from(issued_at).is_ok_and(|iat| iat >= a.tokens_valid_after)))
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    let void = i64::try_from(issued_at).map_or(true, |iat| iat < auth.tokens_valid_after);
+    if void {
+        return Err(ApiError::InvalidAccessToken(TokenError::Blacklisted));
+    }
+    Ok(())
 }
 
 /// The events after `after` when they are all still held; `None` when some
@@ -254,7 +258,7 @@ async fn next(mut feed: Feed) -> Option<(Result<Sse, Infallible>, Feed)> {
         let about_me = event.user_id == feed.user_id;
         if about_me && matches!(event.kind.as_str(), "user.auth" | "user.deleted") {
             let still = allowed(&feed.state, feed.user_id, feed.issued_at).await;
-            if !still.unwrap_or(false) {
+            if still.is_err() {
                 feed.ended = true;
                 if event.kind == "user.deleted" {
                     return Some((Ok(sse(&event)), feed));

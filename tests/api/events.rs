@@ -580,3 +580,48 @@ async fn the_wire_format_and_keep_alive_comments() {
     assert!(text.contains("event: user.updated\ndata: {"), "{text:?}");
     assert!(text.contains("\nid: "), "{text:?}");
 }
+
+/// A stream is refused as any authenticated request is: a token voided by
+/// logout-all gets 401 `token_not_valid`, a deactivated user's token 401
+/// `user_not_found`, a ticket of a voided token 401 too.
+#[tokio::test]
+async fn void_tokens_and_inactive_users_open_no_stream() {
+    let app = spawn_app_with(quick_grace()).await;
+    let (_, access, _) = app.create_user(&TestUser::generate()).await;
+    let ticket = app
+        .send(Method::POST, "/api/events/ticket", Some(&access), None)
+        .await;
+    let ticket = expect_json(ticket, StatusCode::OK).await["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_owned();
+    let out = app
+        .send(
+            Method::POST,
+            "/api/users/me/logout-all",
+            Some(&access),
+            None,
+        )
+        .await;
+    assert!(out.status().is_success());
+    let (status, body) = read_json(open(&app.base_url, "", Some(&access), &[]).await).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::UNAUTHORIZED, &json!("token_not_valid"))
+    );
+    let query = format!("?ticket={ticket}");
+    let (status, _) = read_json(open(&app.base_url, &query, None, &[]).await).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the ticket's token is void"
+    );
+
+    let (id, access, _) = app.create_user(&TestUser::generate()).await;
+    app.exec("UPDATE users SET is_active = 0 WHERE id = ?1", id);
+    let (status, body) = read_json(open(&app.base_url, "", Some(&access), &[]).await).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::UNAUTHORIZED, &json!("user_not_found"))
+    );
+}
