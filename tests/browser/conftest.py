@@ -9,6 +9,7 @@ console error, threw, or violated its Content-Security-Policy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -134,17 +135,29 @@ def _rosterd_bin() -> Path:
     return path
 
 
+def _child_env() -> dict:
+    """The environment for rosterd: without ROSTERD_* variables. rosterd reads
+    ROSTERD_<SECTION>_<KEY> as config overrides and refuses to start on a
+    name it does not know, ROSTERD_BIN (this suite's own setting) included;
+    and the test's config file alone should decide."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROSTERD_")}
+
+
 def _cli_user(binary: Path, config: Path, db: Path, username: str, password: str, staff: bool) -> None:
     cmd = [str(binary), "--config", str(config), "--db", str(db), "user", "create",
            "--username", username, "--email", f"{username}@example.com", "--password-stdin"]
     if staff:
         cmd.insert(-1, "--staff")
-    done = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60)
+    done = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60,
+                          env=_child_env())
     assert done.returncode == 0, f"{cmd}: {done.stdout}{done.stderr}"
 
 
-@pytest.fixture(scope="session")
-def server():
+@contextlib.contextmanager
+def start_rosterd(extra_config: str = ""):
+    """Runs rosterd on 127.0.0.1:0 with a fresh database in a temp dir, with
+    a staff user `admin` and a plain user `plain` made by the CLI; kills it
+    at the end."""
     binary = _rosterd_bin()
     with tempfile.TemporaryDirectory(prefix="rosterd-browser-") as tmp:
         tmp = Path(tmp)
@@ -156,7 +169,8 @@ def server():
                 "[auth]\n"
                 f'secret = "{secrets.token_hex(32)}"\n'
                 "pbkdf2_iterations = 1000\n"
-                "[rate_limit]\n"
+                + extra_config
+                + "[rate_limit]\n"
                 "enabled = false\n"
                 "[presence]\n"
                 "grace_seconds = 1\n"
@@ -172,19 +186,22 @@ def server():
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=_child_env(),
         )
         stderr_lines: list[str] = []
 
         def drain(stream, sink):
             for line in stream:
                 sink.append(line)
+                del sink[:-200]
 
         threading.Thread(target=drain, args=(proc.stderr, stderr_lines), daemon=True).start()
+        watchdog = threading.Timer(30, proc.kill)  # a server that never says its port
+        watchdog.start()
         try:
             port = None
-            deadline = time.monotonic() + 30
             pattern = re.compile(r"rosterd: serving on http://127\.0\.0\.1:(\d+) ")
-            while time.monotonic() < deadline:
+            while True:  # the first lines, until the one that names the port
                 line = proc.stdout.readline()
                 if not line:
                     break
@@ -195,17 +212,36 @@ def server():
             if port is None:
                 proc.kill()
                 proc.wait(timeout=10)
+                time.sleep(0.2)
                 raise RuntimeError("rosterd did not start:\n" + "".join(stderr_lines[-40:]))
+            watchdog.cancel()
             threading.Thread(target=drain, args=(proc.stdout, []), daemon=True).start()
-
             base = f"http://127.0.0.1:{port}"
-            api = Api(base)
-            for i in range(1, PAGER_COUNT + 1):
-                api.create_user(f"pager{i:02d}")
-            yield Server(base, api, config, db, binary, stderr_lines)
+            yield Server(base, Api(base), config, db, binary, stderr_lines)
         finally:
+            watchdog.cancel()
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The server most tests share, with PAGER_COUNT more users for paging."""
+    with start_rosterd() as srv:
+        for i in range(1, PAGER_COUNT + 1):
+            srv.api.create_user(f"pager{i:02d}")
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def short_token_server():
+    """A server whose access tokens last 4 seconds, with refresh rotation on."""
+    with start_rosterd(
+        "access_token_lifetime = 4\n"
+        "rotate_refresh_tokens = true\n"
+        "rotation_grace_period = 1\n"
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -298,7 +334,7 @@ def _route_outside(route):
         route.abort()
 
 
-def _new_page(browser, server, **context_args):
+def _new_page(browser, **context_args):
     context = browser.new_context(**context_args)
     context.route(re.compile(r"^(?!http://127\.0\.0\.1[:/])(https?|wss?)://"), _route_outside)
     context.add_init_script(CSP_PROBE)
@@ -311,8 +347,8 @@ def _new_page(browser, server, **context_args):
 
 
 @pytest.fixture
-def page_and_watch(browser, server):
-    context, page, watch = _new_page(browser, server, viewport={"width": 1280, "height": 800})
+def page_and_watch(browser):
+    context, page, watch = _new_page(browser, viewport={"width": 1280, "height": 800})
     yield page, watch
     try:
         watch.check(page)
@@ -321,10 +357,9 @@ def page_and_watch(browser, server):
 
 
 @pytest.fixture
-def phone_page_and_watch(browser, server):
+def phone_page_and_watch(browser):
     context, page, watch = _new_page(
         browser,
-        server,
         viewport={"width": 390, "height": 844},
         device_scale_factor=2,
         is_mobile=True,
@@ -337,9 +372,15 @@ def phone_page_and_watch(browser, server):
         context.close()
 
 
+SCREENSHOT_MAX_BYTES = 150_000
+
+
 def screenshot(page, name: str) -> Path:
-    """Saves docs/admin-<name>.png (overwritten each run)."""
+    """Saves docs/admin-<name>.png (overwritten each run), at most ~150 KB:
+    a high-density one that comes out larger is taken again at CSS pixels."""
     DOCS.mkdir(exist_ok=True)
     path = DOCS / f"admin-{name}.png"
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), animations="disabled", caret="hide")
+    if path.stat().st_size > SCREENSHOT_MAX_BYTES:
+        page.screenshot(path=str(path), animations="disabled", caret="hide", scale="css")
     return path

@@ -7,6 +7,7 @@ HTTP error statuses it provokes on purpose (declared with expect_status).
 
 from __future__ import annotations
 
+import json
 import re
 
 from playwright.sync_api import expect
@@ -101,6 +102,12 @@ def test_staff_signs_in_searches_pages_and_orders(page_and_watch, server, api):
     expect(page.locator("#page-info")).to_have_text(f"1–{min(20, int(total))} of {total}")
     expect(row(page, "admin")).to_be_visible()
     screenshot(page, "users")
+
+    # A reload keeps the session (tokens in sessionStorage), no new sign-in.
+    page.reload()
+    expect(page.locator("#users-view")).to_be_visible()
+    expect(page.locator("#signin-view")).to_be_hidden()
+    expect(row(page, "admin")).to_be_visible()
 
     # Search filters the rows (username or e-mail).
     search(page, "pager", f"1–20 of {PAGER_COUNT}")
@@ -364,7 +371,8 @@ def test_phone_and_keyboard(phone_page_and_watch, server):
     page.goto(server.admin_url)
     expect(page.locator("#signin-form")).to_be_visible()
 
-    # Sign in with Tab, typing and Enter only.
+    # Sign in with Tab, typing and Enter only (from nothing focused).
+    page.evaluate("document.activeElement && document.activeElement.blur()")
     for _ in range(10):
         if page.evaluate("document.activeElement && document.activeElement.id") == "signin-username":
             break
@@ -402,3 +410,76 @@ def test_phone_and_keyboard(phone_page_and_watch, server):
     # Focus is visible: the focused button has an outline.
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline not in ("", "none"), outline
+
+
+# ----------------------------------------------------------------------
+# 7. Tokens: the access token is refreshed before it expires (rotation on)
+# ----------------------------------------------------------------------
+
+
+def test_access_token_is_refreshed_before_it_expires(page_and_watch, short_token_server):
+    page, watch = page_and_watch
+    server = short_token_server
+    refreshes = []
+    page.on("response", lambda res: refreshes.append(res.status) if res.url.endswith("/api/token/refresh") else None)
+    sign_in_as_staff(page, server)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    first = page.evaluate("JSON.parse(sessionStorage.getItem('rosterd.admin.tokens'))")
+
+    # Access tokens last 4 s; after 9 s the page has refreshed a few times,
+    # each time keeping the rotated refresh token (an old one reused after
+    # the 1 s grace would void the whole family and end the session).
+    page.wait_for_timeout(9_000)
+    assert len(refreshes) >= 2 and set(refreshes) == {200}, refreshes
+    now = page.evaluate("JSON.parse(sessionStorage.getItem('rosterd.admin.tokens'))")
+    assert now["refresh"] != first["refresh"] and now["access"] != first["access"]
+
+    # Still signed in: the list answers with the current token, live stays on.
+    search(page, "plain", "1–1 of 1")
+    expect(row(page, "plain")).to_be_visible()
+    expect(page.locator("#users-view")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    server.api.create_user("refreshed")
+    search(page, "refreshed", "1–1 of 1")
+
+
+# ----------------------------------------------------------------------
+# 8. Live: retries with backoff, and a Reload button without events
+# ----------------------------------------------------------------------
+
+
+def test_live_retries_then_falls_back_to_reload(page_and_watch, server, api):
+    page, watch = page_and_watch
+    watch.expect_status(404, 503)  # the stand-in ticket replies below
+    calls = []
+
+    def busy_once(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(status=503, content_type="application/json", headers={"Retry-After": "1"},
+                          body=json.dumps({"detail": "The server is busy. Try again shortly."}))
+        else:
+            route.continue_()
+
+    page.route("**/api/events/ticket", busy_once)
+    sign_in_as_staff(page, server)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on", timeout=LIVE_TIMEOUT)
+    assert len(calls) == 2
+    expect(page.locator("#reload")).to_be_hidden()
+
+    # Events unavailable (the ticket endpoint answers 404): a Reload button.
+    page.unroute("**/api/events/ticket")
+    page.route("**/api/events/ticket", lambda route: route.fulfill(
+        status=404, content_type="application/json", body=json.dumps({"detail": "Not found."})))
+    page.click("#signout")
+    sign_in(page, "admin", ADMIN_PASSWORD)
+    expect(page.locator("#users-view")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_text("Live updates unavailable")
+    expect(page.locator("#reload")).to_be_visible()
+    search(page, "latecomer", "No users")
+    api.create_user("latecomer")
+    page.wait_for_timeout(500)
+    expect(page.locator("#page-info")).to_have_text("No users")  # nothing live
+    page.click("#reload")
+    expect(page.locator("#page-info")).to_have_text("1–1 of 1")
+    expect(row(page, "latecomer")).to_be_visible()
