@@ -70,7 +70,7 @@
       return;
     }
     const span = document.createElement("span");
-    span.textContent = text + " ";
+    span.textContent = text;
     const close = document.createElement("button");
     close.type = "button";
     close.className = "btn btn-quiet btn-small";
@@ -692,12 +692,15 @@
   function showFieldErrors(prefix, names, data) {
     const rest = [];
     let first = null;
-    for (const [key, messages] of Object.entries(data || {})) {
-      if (Object.prototype.hasOwnProperty.call(names, key)) {
-        const id = prefix + "-" + names[key];
-        setFieldError(id, messages);
-        if (!first) first = $(id);
-      } else {
+    const entries = data && typeof data === "object" ? data : {};
+    for (const [key, field] of Object.entries(names)) {
+      // in the form's order, so focus goes to the first bad field
+      if (!Object.prototype.hasOwnProperty.call(entries, key)) continue;
+      setFieldError(prefix + "-" + field, entries[key]);
+      if (!first) first = $(prefix + "-" + field);
+    }
+    for (const [key, messages] of Object.entries(entries)) {
+      if (!Object.prototype.hasOwnProperty.call(names, key)) {
         rest.push(Array.isArray(messages) ? messages.join(" ") : String(messages));
       }
     }
@@ -821,6 +824,7 @@
     $("edit-ok").textContent = "";
     $("account-ok").textContent = "";
     $("edit-password").value = "";
+    $("edit-password-username").value = u.username;
     fillEditForm(u);
     $("account-state").textContent = "Checking account…";
     $("toggle-active").disabled = true;

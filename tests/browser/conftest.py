@@ -264,7 +264,9 @@ def staff_token(api):
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.exit(f"{CHROMIUM} is missing: apt-get install -y chromium", returncode=2)
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    # A small /dev/shm (containers) must not crash the renderer; root needs
+    # --no-sandbox.
+    args = ["--disable-dev-shm-usage"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:

@@ -34,4 +34,6 @@ trap 'rm -rf "$venv"' EXIT
 # Playwright's own browser download is not used: conftest.py launches
 # /usr/bin/chromium through executable_path.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+# No __pycache__ or .pytest_cache left in the work tree.
+export PYTHONDONTWRITEBYTECODE=1
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/browser "$@"

@@ -178,7 +178,10 @@ def test_staff_edits_a_user(page_and_watch, server, api):
     expect(page.locator("#toggle-active")).to_have_text("Deactivate")
     page.fill("#edit-level", "7")
     page.select_option("#edit-status", "busy")
-    page.click("#edit-submit")
+    with page.expect_request(lambda req: req.method == "PATCH") as patch:
+        page.click("#edit-submit")
+    assert patch.value.url.endswith(f"/api/users/{user['id']}")
+    assert patch.value.post_data_json == {"level": 7, "status": "busy"}  # only what changed
     expect(page.locator("#edit-dialog")).to_be_hidden()
     expect(row(page, "editme").locator("td.col-level")).to_have_text("7")
     expect(row(page, "editme").locator(".badge")).to_have_text("busy")
@@ -461,11 +464,28 @@ def test_live_retries_then_falls_back_to_reload(page_and_watch, server, api):
         else:
             route.continue_()
 
+    streams = []
+
+    def stream_fails_once(route):
+        streams.append(route.request.url)
+        if len(streams) == 1:
+            route.fulfill(status=503, content_type="application/json",
+                          body=json.dumps({"detail": "The server is busy. Try again shortly."}))
+        else:
+            route.continue_()
+
+    # The first ticket is refused (503), the stream opened with the second
+    # fails (503): the page asks for a third ticket, and that stream works.
     page.route("**/api/events/ticket", busy_once)
+    page.route(re.compile(r"/api/events\?"), stream_fails_once)
     sign_in_as_staff(page, server)
-    expect(page.locator("#live-state")).to_have_attribute("data-state", "on", timeout=LIVE_TIMEOUT)
-    assert len(calls) == 2
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on", timeout=2 * LIVE_TIMEOUT)
+    assert len(calls) == 3 and len(streams) == 2, (calls, streams)
+    assert all("presence=false" in url and "ticket=" in url for url in streams)
+    tickets = [re.search(r"ticket=([^&]+)", url).group(1) for url in streams]
+    assert tickets[0] != tickets[1]  # a fresh ticket for each try
     expect(page.locator("#reload")).to_be_hidden()
+    page.unroute(re.compile(r"/api/events\?"))
 
     # Events unavailable (the ticket endpoint answers 404): a Reload button.
     page.unroute("**/api/events/ticket")
@@ -483,3 +503,31 @@ def test_live_retries_then_falls_back_to_reload(page_and_watch, server, api):
     page.click("#reload")
     expect(page.locator("#page-info")).to_have_text("1–1 of 1")
     expect(row(page, "latecomer")).to_be_visible()
+
+
+# ----------------------------------------------------------------------
+# 9. The session voided elsewhere: back to the sign-in form
+# ----------------------------------------------------------------------
+
+
+def test_voided_session_returns_to_sign_in(page_and_watch, server, api):
+    page, watch = page_and_watch
+    watch.expect_status(401)  # the voided tokens
+    sign_in_as_staff(page, server)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    token = api.token("admin", ADMIN_PASSWORD)
+    page.wait_for_timeout(1100)  # tokens carry whole seconds: the page's must be older than the cut
+
+    # "Log out everywhere" for admin from elsewhere: the page's access and
+    # refresh tokens are void; the server ends its stream, the page's
+    # ticket request gets a 401, its refresh too.
+    assert api.call("POST", "/api/users/me/logout-all", token=token).status == 204
+    expect(page.locator("#signin-form")).to_be_visible(timeout=LIVE_TIMEOUT)
+    expect(page.locator("#signin-error")).to_contain_text("Your session has ended")
+    expect(page.locator("#users-view")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('rosterd.admin.tokens')") is None
+
+    # And signing in again works.
+    sign_in(page, "admin", ADMIN_PASSWORD)
+    expect(page.locator("#users-view")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
