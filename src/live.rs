@@ -78,8 +78,14 @@ fn offline_after_grace(state: AppState, user_id: i64, opens: u64) {
             return;
         }
         let timestamp = crate::model::timestamp_now();
+        let hub = state.clone();
         let gone = state
             .write(move |conn| -> Result<_, StateError> {
+                // Checked again on the writer: a stream that opened since
+                // queued its `came_online` after this write, or counts now.
+                if hub.events.is_present(user_id) {
+                    return Ok(false);
+                }
                 Ok(db::events::went_offline(conn, user_id, &timestamp)?)
             })
             .await;

@@ -201,6 +201,12 @@ impl Hub {
         }
     }
 
+    /// Whether `user_id` has a stream that counts for presence.
+    pub fn is_present(&self, user_id: i64) -> bool {
+        let counts = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        counts.open.get(&user_id).is_some_and(|(_, p)| *p > 0)
+    }
+
     /// Whether `user_id` opened no presence stream since their last one
     /// closed, when they had opened `opens` (and then forgets them). After
     /// a restart, `opens` 0 asks whether they opened any.
