@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// rosterd: user accounts in one SQLite file, with JWTs and a JSON API.
 #[derive(Debug, Parser)]
-#[command(name = "rosterd", version, about)]
+#[command(name = "rosterd", version = env!("ROSTERD_VERSION"), about)]
 pub struct Cli {
     /// Config file [default: the platform config directory's config.toml;
     /// also ROSTERD_CONFIG]

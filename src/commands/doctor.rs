@@ -16,7 +16,7 @@ enum Finding {
 /// Runs every check, prints one line per finding, and fails when any
 /// finding needs fixing.
 pub fn run(config_path: &Path, loaded: anyhow::Result<Config>) -> anyhow::Result<()> {
-    let mut findings = Vec::new();
+    let mut findings = vec![Finding::Ok(format!("rosterd {}", env!("ROSTERD_VERSION")))];
     check_config_file(config_path, &mut findings);
     match loaded {
         Err(err) => findings.push(Finding::Fix(format!("config: {err:#}"))),
