@@ -170,23 +170,10 @@ async fn set_active(
     state: AppState,
     active: bool,
 ) -> Result<Response, ApiError> {
-    staff(&caller)?;
-    let found = state
-        .write(move |conn| -> Result<_, ApiError> {
-            Ok(db::users::set_active(
-                conn,
-                id,
-                active,
-                unix_now(),
-                &timestamp_now(),
-            )?)
-        })
-        .await?;
-    if found {
-        Ok(no_content())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    act(caller, state, move |conn| {
+        db::users::set_active(conn, id, active, unix_now(), &timestamp_now())
+    })
+    .await
 }
 
 /// Voids every token the user holds.
@@ -195,11 +182,21 @@ async fn log_out_everywhere(
     caller: Caller,
     state: AppState,
 ) -> Result<Response, ApiError> {
+    act(caller, state, move |conn| {
+        db::users::revoke_tokens(conn, id, unix_now())
+    })
+    .await
+}
+
+/// Runs a staff action's write: 204, or 404 when it found no such user.
+async fn act(
+    caller: Caller,
+    state: AppState,
+    write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<bool> + Send + 'static,
+) -> Result<Response, ApiError> {
     staff(&caller)?;
     let found = state
-        .write(move |conn| -> Result<_, ApiError> {
-            Ok(db::users::revoke_tokens(conn, id, unix_now())?)
-        })
+        .write(move |conn| -> Result<_, ApiError> { Ok(write(conn)?) })
         .await?;
     if found {
         Ok(no_content())

@@ -32,29 +32,24 @@ fn file(body: &'static str, content_type: &'static str) -> Response {
 /// `/admin` (redirected), `/admin/`, `/admin/admin.css`, `/admin/admin.js`;
 /// all 404 unless `enabled`.
 pub fn routes(enabled: bool) -> BoxedFilter<(Response,)> {
-    let page = move || {
-        warp::path!("admin")
-            .and(warp::any().and_then(move || async move {
+    // Every route: 404 when the page is switched off.
+    let on = move || {
+        warp::any()
+            .and_then(move || async move {
                 if enabled {
                     Ok(())
                 } else {
                     Err(warp::reject::not_found())
                 }
-            }))
+            })
             .untuple_one()
     };
+    let page = move || warp::path!("admin").and(on());
     let asset = move |name: &'static str| {
         warp::path("admin")
             .and(warp::path(name))
             .and(warp::path::end())
-            .and(warp::any().and_then(move || async move {
-                if enabled {
-                    Ok(())
-                } else {
-                    Err(warp::reject::not_found())
-                }
-            }))
-            .untuple_one()
+            .and(on())
     };
     first_of![
         page()
