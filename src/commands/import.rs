@@ -145,6 +145,19 @@ pub fn run(
         Ok(())
     })?;
     refuse_twins(&mut notes, &first, &mut refused);
+    // The report lists them in the source's order (those the reader could
+    // not take, which have no note, last).
+    let positions: HashMap<&str, usize> = notes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (&*n.source_id, i))
+        .collect();
+    refused.sort_by_key(|r| {
+        positions
+            .get(r.source_id.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
     let count = |v: Verdict| notes.iter().filter(|n| n.verdict == v).count();
     let to_import = count(Verdict::Import);
     println!("{}: {} users", scanned.what, notes.len() + unreadable);
