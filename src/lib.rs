@@ -35,6 +35,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let limits = server::Limits::from_config(&state.config.server);
     let hub = tokio::spawn(live::run(state.clone()));
+    let keys = tokio::spawn(state.clone().watch_keys());
     // Open event streams end when the server stops, so that the graceful
     // shutdown does not wait for them.
     let stopping = state.clone();
@@ -44,6 +45,7 @@ pub async fn run(
     };
     server::serve(listener, api::service(state.clone()), limits, shutdown).await;
     let _ = hub.await;
+    keys.abort();
     // Checkpoint the WAL into the main file so a stopped server leaves one
     // tidy file behind; the pool closes when the last clone drops.
     let pool = state.pool.clone();

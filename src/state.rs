@@ -57,8 +57,8 @@ pub trait DatabaseCause {
     fn database_cause(&self) -> Option<&rusqlite::Error>;
 }
 
-/// How often the key files are looked at for a rotation, in seconds.
-const KEY_CHECK_SECONDS: i64 = 5;
+/// How often the key files are looked at for a rotation.
+pub const KEY_CHECK: Duration = Duration::from_secs(5);
 
 /// Shared by every handler; cloning it is one reference count. (No
 /// `Debug`: it holds the signing keys.)
@@ -73,8 +73,6 @@ pub struct Shared {
     pub config: Config,
     /// JWT keys and lifetimes; see [`AppState::keys`].
     keys: std::sync::RwLock<Arc<Keys>>,
-    /// When the key files were last looked at, seconds since the epoch.
-    keys_checked: std::sync::atomic::AtomicI64,
     /// Password-attempt limits.
     pub throttle: Throttle,
     /// Seek points for deep pages of the user list.
@@ -117,7 +115,6 @@ impl AppState {
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
         Ok(AppState(Arc::new(Shared {
             keys: std::sync::RwLock::new(Arc::new(Keys::load(&config.auth)?)),
-            keys_checked: std::sync::atomic::AtomicI64::new(crate::model::unix_now()),
             throttle: Throttle::new(&config.rate_limit, &config.server),
             seek: IdSeek::default(),
             events: events::Hub::new(&config),
@@ -129,25 +126,26 @@ impl AppState {
         })))
     }
 
-    /// The JWT keys. Every few seconds one request looks at the key files
-    /// (`auth.keys_dir`): when `rosterd keys rotate` or `prune` changed
-    /// them, they are loaded again, so a rotation needs no restart. Keys
-    /// that cannot be loaded are logged and the ones in use kept.
+    /// The JWT keys (loaded again by [`AppState::watch_keys`] when the key
+    /// files change).
     pub fn keys(&self) -> Arc<Keys> {
-        use std::sync::atomic::Ordering;
-        let now = crate::model::unix_now();
-        let checked = self.keys_checked.load(Ordering::Relaxed);
-        let due = now >= checked + KEY_CHECK_SECONDS;
-        if due
-            && self.config.auth.keys_dir.is_some()
-            && self
-                .keys_checked
-                .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.reload_keys();
-        }
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Looks at the key files (`auth.keys_dir`) every [`KEY_CHECK`], on the
+    /// blocking pool, until the task is dropped: when `rosterd keys rotate`
+    /// or `prune` changed them, they are loaded again, so a rotation needs
+    /// no restart. Keys that cannot be loaded are logged and the ones in
+    /// use kept.
+    pub async fn watch_keys(self) {
+        if self.config.auth.keys_dir.is_none() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(KEY_CHECK).await;
+            let state = self.clone();
+            let _ = tokio::task::spawn_blocking(move || state.reload_keys()).await;
+        }
     }
 
     fn reload_keys(&self) {

@@ -7,9 +7,9 @@
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::Filter;
 
-use super::error::{ApiError, json_response};
+use super::error::{ApiError, json_response, no_content};
 use super::filters::{self, Caller, RawBody, authenticated, first_of, get_or_head, with_state};
 use crate::AppState;
 use crate::auth::password;
@@ -93,10 +93,6 @@ fn staff(caller: &Caller) -> Result<(), ApiError> {
     } else {
         Err(ApiError::Forbidden)
     }
-}
-
-fn no_content() -> Response {
-    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
 }
 
 /// `{"id", "is_staff", "is_active"}`: what the public rendering leaves out.

@@ -236,6 +236,11 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// 204 with no body.
+pub fn no_content() -> Response {
+    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
+}
+
 /// Whole seconds to announce in `Retry-After`: never 0.
 pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))

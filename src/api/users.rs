@@ -7,7 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
-use super::error::{ApiError, ResultExt};
+use super::error::{ApiError, ResultExt, no_content};
 use super::filters::{
     self, Bearer, Caller, RawBody, authenticated, authorize, client_address, first_of, get_or_head,
     with_state,
@@ -320,7 +320,7 @@ async fn delete(user: UserRef, bearer: Bearer, state: AppState) -> Result<Respon
             Ok(())
         })
         .await?;
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }
 
 /// Voids every token of the caller issued until now.
@@ -332,7 +332,7 @@ async fn logout_all(caller: Caller, state: AppState) -> Result<Response, ApiErro
             Ok(db::users::revoke_tokens(conn, caller.id, unix_now())?)
         })
         .await?;
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }
 
 /// The message Django's password change form gives for a wrong old password.
@@ -398,5 +398,5 @@ async fn change_password(
             )?)
         })
         .await?;
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }

@@ -164,8 +164,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// How long after the next key is made a running server may still sign
-/// with a key: it looks at the key files every 5 seconds; twice that, to
-/// be safe.
+/// with a key: it looks at the key files every 5 seconds
+/// (`state::KEY_CHECK`); twice that, to be safe.
 pub const PICKUP_SECONDS: i64 = 10;
 
 /// When each key stopped signing: [`PICKUP_SECONDS`] after the next key was
