@@ -4,10 +4,10 @@
 //! logging out everywhere. Each answers 401 without a valid token, 403 to
 //! a non-staff caller, 404 for an unknown id.
 
+use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Filter;
 
 use super::error::{ApiError, json_response, no_content};
 use super::filters::{self, Caller, RawBody, authenticated, first_of, get_or_head, with_state};
