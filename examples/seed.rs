@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let password = &args[3];
 
     let started = Instant::now();
-    let pool = rosterd::db::open(&rosterd::db::Options {
+    let pool = rosterd::db::sqlite::open(&rosterd::db::Options {
         path,
         busy_timeout: Duration::from_secs(5),
         pool_size: 1,

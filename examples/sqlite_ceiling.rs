@@ -26,12 +26,12 @@ fn main() -> anyhow::Result<()> {
     let path = PathBuf::from(&args[1]);
     let seconds: f64 = args[2].parse().context("SECONDS must be a number")?;
 
-    let pool = rosterd::db::open(&rosterd::db::Options {
+    let pool = rosterd::db::sqlite::open(&rosterd::db::Options {
         path,
         busy_timeout: Duration::from_secs(5),
         pool_size: 1,
     })?;
-    let mut conn = pool.get()?;
+    let conn = pool.get()?;
     let user = NewUser {
         username: "ceiling".to_owned(),
         email: "ceiling@example.com".to_owned(),
@@ -41,10 +41,15 @@ fn main() -> anyhow::Result<()> {
         profile_picture: String::new(),
         is_staff: false,
     };
-    let id = rosterd::db::users::insert(&mut conn, &user, &timestamp_now())?.id;
+    let id = rosterd::db::users::insert(
+        &mut rosterd::db::Conn::Sqlite(&conn),
+        &user,
+        &timestamp_now(),
+    )?
+    .id;
 
     let statuses = [Status::Online, Status::Offline, Status::Busy];
-    let mut update = |count: u64| -> anyhow::Result<()> {
+    let update = |count: u64| -> anyhow::Result<()> {
         // What a PUT with username, email and a new status hands the database.
         let changes = UserChanges {
             username: Some("ceiling".to_owned()),
@@ -52,8 +57,13 @@ fn main() -> anyhow::Result<()> {
             status: Some(statuses[(count % 3) as usize]),
             ..UserChanges::default()
         };
-        rosterd::db::users::update(&mut conn, id, &changes, &timestamp_now())?
-            .with_context(|| format!("user {id} vanished"))?;
+        rosterd::db::users::update(
+            &mut rosterd::db::Conn::Sqlite(&conn),
+            id,
+            &changes,
+            &timestamp_now(),
+        )?
+        .with_context(|| format!("user {id} vanished"))?;
         Ok(())
     };
 

@@ -18,6 +18,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub db: Option<PathBuf>,
 
+    /// PostgreSQL instead of the SQLite file: postgres://user@host:port/db
+    /// (overrides database.url and ROSTERD_DATABASE_URL; put a password in
+    /// those, not on the command line, where other users can read it)
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,

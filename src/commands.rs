@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::auth::password;
 use crate::cli::{Cli, Command, UserCommand};
-use crate::config::{self, Config};
+use crate::config::{self, Config, Secret};
 use crate::model::{self, NewUser, Required, Status};
 use crate::{AppState, db, logging};
 
@@ -64,6 +64,9 @@ fn load_config(cli: &Cli, locations: &Locations) -> anyhow::Result<Config> {
     let mut config = Config::load(&locations.config)?;
     if let Some(db) = &cli.db {
         config.database.path = Some(db.clone());
+    }
+    if let Some(url) = &cli.database_url {
+        config.database.url = Some(Secret::new(url.clone()));
     }
     let configured = config
         .database
@@ -169,7 +172,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Import { source }) => {
             let config = load_config(&cli, &locations)?;
-            import::run(source, || open_db(&config))
+            import::run(source, || match db::Target::of(&config.database)? {
+                db::Target::Sqlite(options) => db::sqlite::open(&options),
+                db::Target::Postgres(_) => bail!(
+                    "import writes into a SQLite file: import into one (--db FILE), then move \
+                     everyone onto PostgreSQL with `rosterd copy-db`"
+                ),
+            })
         }
         Some(Command::Keys { command }) => {
             let config = load_config(&cli, &locations)?;
@@ -280,13 +289,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
     }
 }
 
-fn open_db(config: &Config) -> anyhow::Result<db::Pool> {
-    let path = config.database.path.clone().unwrap_or_default();
-    db::open(&db::Options {
-        path,
-        busy_timeout: std::time::Duration::from_millis(config.database.busy_timeout_ms),
-        pool_size: 1,
-    })
+/// One connection to the configured database (SQLite or PostgreSQL),
+/// migrated.
+fn open_db(config: &Config) -> anyhow::Result<db::Pooled> {
+    let mut database = config.database.clone();
+    database.pool_size = 1;
+    Ok(db::Pool::open(&db::Target::of(&database)?, 0)?.get()?)
 }
 
 /// Reads a password from standard input (one trailing newline dropped) or
@@ -322,7 +330,7 @@ fn field_errors_line(errors: &model::FieldErrors) -> String {
         .join("; ")
 }
 
-fn find_user(conn: &rusqlite::Connection, username: &str) -> anyhow::Result<model::Account> {
+fn find_user(conn: &mut db::Conn<'_>, username: &str) -> anyhow::Result<model::Account> {
     db::users::by_username(conn, username)?.with_context(|| format!("no user named {username:?}"))
 }
 
@@ -335,16 +343,16 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
             staff,
             password_stdin,
         } => {
-            let pool = open_db(config)?;
+            let mut pooled = open_db(config)?;
+            let conn = &mut pooled.conn();
             let clear = read_password(*password_stdin)?;
             let body = serde_json::json!({
                 "username": username, "email": email, "password": clear,
             });
             let mut parsed = model::parse_user_body(&body, Required::Registration)
                 .map_err(|e| anyhow::anyhow!(field_errors_line(&e)))?;
-            let mut conn = pool.get()?;
             let (username_taken, email_taken) = db::users::taken(
-                &conn,
+                conn,
                 parsed.changes.username.as_deref(),
                 parsed.changes.email.as_deref(),
                 None,
@@ -366,16 +374,15 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
                 profile_picture: String::new(),
                 is_staff: *staff,
             };
-            let user =
-                db::users::insert(&mut conn, &new, &model::timestamp_now()).map_err(|err| {
-                    if db::is_unique_violation(&err, "users.username") {
-                        anyhow::anyhow!("username: {}", model::USERNAME_TAKEN)
-                    } else if db::is_unique_violation(&err, "users.email") {
-                        anyhow::anyhow!("email: {}", model::EMAIL_TAKEN)
-                    } else {
-                        err.into()
-                    }
-                })?;
+            let user = db::users::insert(conn, &new, &model::timestamp_now()).map_err(|err| {
+                if err.is_unique_violation("users.username") {
+                    anyhow::anyhow!("username: {}", model::USERNAME_TAKEN)
+                } else if err.is_unique_violation("users.email") {
+                    anyhow::anyhow!("email: {}", model::EMAIL_TAKEN)
+                } else {
+                    err.into()
+                }
+            })?;
             println!(
                 "created user {} (id {}{})",
                 user.username,
@@ -388,9 +395,9 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
             username,
             password_stdin,
         } => {
-            let pool = open_db(config)?;
-            let mut conn = pool.get()?;
-            let account = find_user(&conn, username)?;
+            let mut pooled = open_db(config)?;
+            let conn = &mut pooled.conn();
+            let account = find_user(conn, username)?;
             let clear = read_password(*password_stdin)?;
             let problems = model::validate::password(
                 &clear,
@@ -402,7 +409,7 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
             }
             let hash = password::hash(&clear, iterations)?;
             db::users::set_password_hash(
-                &mut conn,
+                conn,
                 account.user.id,
                 &hash,
                 model::unix_now(),
@@ -416,11 +423,11 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
         }
         UserCommand::Deactivate { username } | UserCommand::Activate { username } => {
             let active = matches!(command, UserCommand::Activate { .. });
-            let pool = open_db(config)?;
-            let mut conn = pool.get()?;
-            let account = find_user(&conn, username)?;
+            let mut pooled = open_db(config)?;
+            let conn = &mut pooled.conn();
+            let account = find_user(conn, username)?;
             db::users::set_active(
-                &mut conn,
+                conn,
                 account.user.id,
                 active,
                 model::unix_now(),
@@ -437,16 +444,15 @@ fn user_command(command: &UserCommand, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         UserCommand::Delete { username } => {
-            let pool = open_db(config)?;
-            let mut conn = pool.get()?;
-            let account = find_user(&conn, username)?;
-            db::users::delete(&mut conn, account.user.id)?;
+            let mut pooled = open_db(config)?;
+            let conn = &mut pooled.conn();
+            let account = find_user(conn, username)?;
+            db::users::delete(conn, account.user.id)?;
             println!("deleted {} (id {})", account.user.username, account.user.id);
             Ok(())
         }
         UserCommand::List => {
-            let pool = open_db(config)?;
-            let accounts = db::users::list_accounts(&*pool.get()?)?;
+            let accounts = db::users::list_accounts(&mut open_db(config)?.conn())?;
             println!("id\tusername\temail\tlevel\tstatus\tstaff\tactive\tcreated_at");
             for a in accounts {
                 let yes_no = |b: bool| if b { "yes" } else { "no" };

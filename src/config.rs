@@ -199,6 +199,10 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/database`: keep the accounts in
+    /// PostgreSQL instead of the SQLite file (several nodes may share it).
+    /// Never logged: it may hold a password.
+    pub url: Option<Secret>,
     /// The SQLite file; `None` means `rosterd.sqlite3` in the platform data
     /// directory.
     pub path: Option<PathBuf>,
@@ -214,6 +218,7 @@ pub struct DatabaseConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
+            url: None,
             path: None,
             busy_timeout_ms: 5_000,
             pool_size: 8,

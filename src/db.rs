@@ -1,353 +1,200 @@
-//! The only place with SQL: the connection pool, per-connection pragmas,
-//! and the migrations of `schema.sql` keyed on `PRAGMA user_version`.
+//! The only place with SQL, behind one boundary for two engines: the
+//! embedded SQLite file (the default, [`sqlite`]) or a PostgreSQL server
+//! (`database.url`, [`pg`]). The rest of rosterd hands closures a [`Conn`]
+//! and calls the functions of `users`, `tokens`, `listing` and `events`,
+//! which speak each engine's dialect.
 
 pub mod events;
 pub mod import;
 pub mod listing;
+pub mod pg;
+pub mod sqlite;
 pub mod tokens;
 pub mod users;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+pub use sqlite::{
+    Options, backup, integrity_check, last_backup, latest_version, restore, schema_version,
+};
 
-/// The pool every request borrows a connection from (on the blocking pool).
-pub type Pool = r2d2::Pool<Manager>;
+/// A connection of either engine, as the functions of this module take it.
+pub enum Conn<'a> {
+    /// A SQLite connection (the file).
+    Sqlite(&'a rusqlite::Connection),
+    /// A PostgreSQL session.
+    Postgres(&'a mut pg::Client),
+}
 
-/// r2d2_sqlite's manager, except that a connection that comes back still
-/// inside a transaction (a failed COMMIT whose ROLLBACK failed too) is
-/// dropped instead of lent out again.
-#[derive(Debug)]
-pub struct Manager(SqliteConnectionManager);
+/// A database error of either engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite's error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's (shared: a failed group commit tells every request in
+    /// it the same cause).
+    #[error(transparent)]
+    Postgres(Arc<postgres::Error>),
+}
 
-impl r2d2::ManageConnection for Manager {
-    type Connection = Connection;
-    type Error = rusqlite::Error;
-
-    fn connect(&self) -> rusqlite::Result<Connection> {
-        self.0.connect()
-    }
-
-    fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
-        self.0.is_valid(conn)
-    }
-
-    fn has_broken(&self, conn: &mut Connection) -> bool {
-        !conn.is_autocommit()
+impl From<postgres::Error> for Error {
+    fn from(err: postgres::Error) -> Self {
+        Error::Postgres(Arc::new(err))
     }
 }
 
-/// The schema, embedded: `-- migration N` blocks applied in order.
-const SCHEMA: &str = include_str!("../schema.sql");
+/// A result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
 
-/// The migrations of `schema.sql`, in order; migration N is `[N - 1]`.
-fn migrations() -> Vec<&'static str> {
-    let mut blocks = Vec::new();
-    let mut start = None;
-    let mut offset = 0;
-    for line in SCHEMA.split_inclusive('\n') {
-        if line.trim_start().starts_with("-- migration ") {
-            if let Some(begin) = start {
-                blocks.push(&SCHEMA[begin..offset]);
+/// What kind of trouble a database error is, as far as a reply cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// Locked or unreachable for now: worth a retry (503).
+    Busy,
+    /// Out of space (507).
+    Full,
+    /// Anything else (a bug, or a broken disk: 500).
+    Other,
+}
+
+impl Error {
+    /// Whether this is a UNIQUE violation on `table.column`.
+    pub fn is_unique_violation(&self, table_column: &str) -> bool {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(failure, Some(message))) => {
+                failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    && message.contains(table_column)
             }
-            start = Some(offset + line.len());
+            Error::Sqlite(_) => false,
+            Error::Postgres(err) => pg::is_unique_violation(err, table_column),
         }
-        offset += line.len();
     }
-    if let Some(begin) = start {
-        blocks.push(&SCHEMA[begin..]);
+
+    /// See [`Trouble`].
+    pub fn trouble(&self) -> Trouble {
+        match self {
+            Error::Sqlite(err) => match err.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    Trouble::Busy
+                }
+                Some(rusqlite::ErrorCode::DiskFull) => Trouble::Full,
+                _ => Trouble::Other,
+            },
+            Error::Postgres(err) => pg::trouble(err),
+        }
     }
-    blocks
+
+    /// A copy of this error (SQLite's error is not `Clone`: the same code
+    /// and message, or an abort carrying the text of any other error).
+    pub fn copy(&self) -> Error {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(code, message)) => {
+                Error::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+            }
+            Error::Sqlite(other) => Error::aborted(&other.to_string()),
+            Error::Postgres(err) => Error::Postgres(err.clone()),
+        }
+    }
+
+    /// The error of a change undone by a rolled-back transaction.
+    pub fn aborted(why: &str) -> Error {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(why.to_owned()),
+        ))
+    }
 }
 
-/// The schema version this binary writes: the number of migrations.
-pub fn latest_version() -> i64 {
-    migrations().len() as i64
-}
-
-/// Options for [`open`].
+/// Where the database is: a SQLite file (with its options) or a
+/// PostgreSQL URL.
 #[derive(Debug, Clone)]
-pub struct Options {
-    /// The SQLite file.
-    pub path: PathBuf,
-    /// How long a writer waits for the lock.
-    pub busy_timeout: Duration,
-    /// Pooled connections.
-    pub pool_size: u32,
+pub enum Target {
+    /// The embedded file.
+    Sqlite(Options),
+    /// A PostgreSQL server.
+    Postgres(pg::Options),
 }
 
-/// Opens (or creates) the database with no size cap; see [`open_limited`].
-pub fn open(options: &Options) -> anyhow::Result<Pool> {
-    open_limited(options, 0)
-}
-
-/// Opens (or creates) the database: refuses a file from a newer rosterd,
-/// switches to WAL, applies pending migrations, runs `PRAGMA quick_check`,
-/// and returns a pool whose connections all carry the durable pragmas and
-/// (when `max_size` is not 0) the size cap in bytes.
-pub fn open_limited(options: &Options, max_size: u64) -> anyhow::Result<Pool> {
-    let max_pages = max_size / PAGE_SIZE;
-    let path = &options.path;
-    let shown = path.display();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        bail!(
-            "cannot open database {shown}: directory {} does not exist",
-            dir.display()
-        );
-    }
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open database {shown}"))?;
-    conn.busy_timeout(options.busy_timeout)?;
-    // SQLite quietly opens a file it may not write read-only; a server
-    // that cannot write must not start.
-    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
-        bail!("cannot open database {shown}: the file is read-only (check its permissions)");
-    }
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .with_context(|| format!("cannot open database {shown}"))?;
-    let latest = latest_version();
-    if version > latest {
-        bail!(
-            "database {shown} has schema version {version}, newer than this rosterd knows \
-             ({latest}): it was written by a newer rosterd. Run that version, or restore a \
-             backup; the file was not changed"
-        );
-    }
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .with_context(|| format!("cannot switch database {shown} to WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        bail!("database {shown} refused WAL mode (journal_mode is {mode})");
-    }
-    apply_pragmas(&conn, 0)?;
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |row| row.get(0))
-        .with_context(|| format!("cannot check database {shown}"))?;
-    if check != "ok" {
-        let hint = match last_backup(path) {
-            Some(backup) => format!(
-                "the last backup is {}: stop here and run `rosterd restore {}`",
-                backup.display(),
-                backup.display()
-            ),
-            None => "no backup made by `rosterd backup` is known".to_owned(),
-        };
-        let first = check.lines().take(3).collect::<Vec<_>>().join("; ");
-        bail!("database {shown} is corrupt (quick_check: {first}); {hint}");
-    }
-    migrate(&mut conn, version).with_context(|| format!("cannot migrate database {shown}"))?;
-    drop(conn);
-
-    let busy_timeout = options.busy_timeout;
-    let manager = SqliteConnectionManager::file(path)
-        .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_init(move |conn| {
-            conn.busy_timeout(busy_timeout)?;
-            apply_pragmas(conn, max_pages)
-        });
-    let pool = r2d2::Pool::builder()
-        .max_size(options.pool_size)
-        .min_idle(Some(1))
-        // A SQLite connection is a file handle, not a socket: there is
-        // nothing to go stale, and the check cost a statement per request.
-        .test_on_check_out(false)
-        .connection_timeout(busy_timeout.max(Duration::from_secs(1)))
-        .build(Manager(manager))
-        .with_context(|| format!("cannot open database {shown}"))?;
-    Ok(pool)
-}
-
-/// SQLite's default page size, the unit of `max_page_count`.
-const PAGE_SIZE: u64 = 4096;
-
-/// Per-connection settings. `synchronous = FULL` in WAL mode syncs the log
-/// on every commit, so a 2xx reply means the write survives a power cut.
-/// `max_pages` (when not 0) caps the file: a write past it fails with
-/// SQLITE_FULL, as on a full disk.
-fn apply_pragmas(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "PRAGMA foreign_keys = ON;
-         PRAGMA synchronous = FULL;",
-    )?;
-    if max_pages > 0 {
-        let _: i64 =
-            conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |row| {
-                row.get(0)
+impl Target {
+    /// Where `config` puts the database: `database.url` when set (and not
+    /// empty), else the SQLite file `database.path`.
+    pub fn of(config: &crate::config::DatabaseConfig) -> anyhow::Result<Target> {
+        let timeout = std::time::Duration::from_millis(config.busy_timeout_ms);
+        if let Some(url) = config.url.as_ref().filter(|u| !u.expose().is_empty()) {
+            return Ok(Target::Postgres(pg::Options {
+                url: url.expose().to_owned(),
+                pool_size: config.pool_size,
+                timeout,
+            }));
+        }
+        let path = config
+            .path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no database configured (database.path / ROSTERD_DB / --db, or \
+                     database.url / ROSTERD_DATABASE_URL / --database-url)"
+                )
             })?;
+        Ok(Target::Sqlite(Options {
+            path,
+            busy_timeout: timeout,
+            pool_size: config.pool_size,
+        }))
     }
-    Ok(())
 }
 
-/// The sidecar file where `backup` records the path of the last backup.
-fn last_backup_marker(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".last-backup");
-    PathBuf::from(name)
+/// The connection pool of either engine.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    /// SQLite connections to one file.
+    Sqlite(sqlite::Pool),
+    /// PostgreSQL sessions.
+    Postgres(pg::Pool),
 }
 
-/// The last backup made of `db` by [`backup`], if recorded and present.
-pub fn last_backup(db: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(last_backup_marker(db)).ok()?;
-    let path = PathBuf::from(text.trim());
-    path.exists().then_some(path)
+/// A connection borrowed from a [`Pool`].
+pub enum Pooled {
+    /// See [`Pool::Sqlite`].
+    Sqlite(r2d2::PooledConnection<sqlite::Manager>),
+    /// See [`Pool::Postgres`].
+    Postgres(Box<r2d2::PooledConnection<pg::Manager>>),
 }
 
-/// Runs `PRAGMA integrity_check` on a file opened read-only.
-pub fn integrity_check(path: &Path) -> anyhow::Result<String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let rows = (|| -> rusqlite::Result<Vec<String>> {
-        conn.prepare("PRAGMA integrity_check")?
-            .query_map([], |row| row.get(0))?
-            .collect()
-    })()
-    .with_context(|| format!("cannot check {}", path.display()))?;
-    // One line per finding, whatever SQLite put inside a row.
-    Ok(rows
-        .iter()
-        .flat_map(|row| row.lines())
-        .collect::<Vec<_>>()
-        .join("; "))
+impl Pool {
+    /// Opens (creating and migrating) the database; `max_size` caps a
+    /// SQLite file in bytes (0: no cap).
+    pub fn open(target: &Target, max_size: u64) -> anyhow::Result<Pool> {
+        Ok(match target {
+            Target::Sqlite(options) => Pool::Sqlite(sqlite::open_limited(options, max_size)?),
+            Target::Postgres(options) => Pool::Postgres(pg::open(options)?),
+        })
+    }
+
+    /// A pooled connection, waiting at most the pool's timeout.
+    pub fn get(&self) -> std::result::Result<Pooled, r2d2::Error> {
+        Ok(match self {
+            Pool::Sqlite(pool) => Pooled::Sqlite(pool.get()?),
+            Pool::Postgres(pool) => Pooled::Postgres(Box::new(pool.get()?)),
+        })
+    }
+
+    /// Whether this is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Pool::Postgres(_))
+    }
 }
 
-/// Writes a consistent copy of the live database `db` to `dest` with
-/// `VACUUM INTO` (one read transaction: a snapshot, while writers go on),
-/// checks it with `integrity_check`, and records it as the last backup.
-/// Returns the number of users in the copy.
-pub fn backup(db: &Path, dest: &Path) -> anyhow::Result<i64> {
-    if dest.exists() {
-        bail!("{} already exists; choose a new file name", dest.display());
-    }
-    if !db.exists() {
-        bail!("database {} does not exist", db.display());
-    }
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .with_context(|| format!("cannot open database {}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    let dest_text = dest
-        .to_str()
-        .with_context(|| format!("{} is not a UTF-8 path", dest.display()))?;
-    conn.execute("VACUUM INTO ?1", [dest_text])
-        .with_context(|| format!("cannot write backup {}", dest.display()))?;
-    let check = integrity_check(dest)?;
-    if check != "ok" {
-        let _ = std::fs::remove_file(dest);
-        bail!("the backup failed its integrity check ({check}) and was removed");
-    }
-    let users: i64 = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_ONLY)?
-        .query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
-    let absolute = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
-    std::fs::write(last_backup_marker(db), absolute.display().to_string())
-        .with_context(|| format!("cannot record the backup next to {}", db.display()))?;
-    Ok(users)
-}
-
-/// Replaces the database `db` (no server may hold it) with the backup
-/// `source` after checking it; the old file is kept aside and its path
-/// returned.
-pub fn restore(db: &Path, source: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let check = integrity_check(source)?;
-    if check != "ok" {
-        bail!(
-            "{} fails its integrity check ({check}); nothing changed",
-            source.display()
-        );
-    }
-    let version = schema_version(source)
-        .with_context(|| format!("cannot read the schema version of {}", source.display()))?;
-    if version > latest_version() {
-        bail!(
-            "{} has schema version {version}, newer than this rosterd knows ({}); nothing changed",
-            source.display(),
-            latest_version()
-        );
-    }
-    let dir = db
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let staged = dir.join(".rosterd-restore.tmp");
-    std::fs::copy(source, &staged)
-        .with_context(|| format!("cannot copy {} into {}", source.display(), dir.display()))?;
-    let floor = if db.exists() { last_user_id(db)? } else { 0 };
-    void_the_past(&staged, floor)
-        .with_context(|| format!("cannot prepare the restored copy of {}", source.display()))?;
-    std::fs::File::open(&staged)?.sync_all()?;
-    let kept = if db.exists() {
-        // Fold the WAL into the old file first so the kept copy is whole.
-        {
-            let conn = Connection::open(db)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+impl Pooled {
+    /// The connection, for the functions of this module.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Sqlite(conn) => Conn::Sqlite(conn),
+            Pooled::Postgres(client) => Conn::Postgres(client),
         }
-        let stamp = crate::model::timestamp_now().replace([':', '.'], "-");
-        let mut name = db.as_os_str().to_owned();
-        name.push(format!(".before-restore-{stamp}"));
-        let kept = PathBuf::from(name);
-        std::fs::rename(db, &kept)
-            .with_context(|| format!("cannot move {} aside", db.display()))?;
-        for suffix in ["-wal", "-shm"] {
-            let mut side = db.as_os_str().to_owned();
-            side.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(side));
-        }
-        Some(kept)
-    } else {
-        None
-    };
-    std::fs::rename(&staged, db)
-        .with_context(|| format!("cannot move the restored copy to {}", db.display()))?;
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
     }
-    Ok(kept)
-}
-
-/// The largest user id `db` ever handed out (deleted users included).
-fn last_user_id(db: &Path) -> anyhow::Result<i64> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok(conn.query_row(
-        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'users'), 0), \
-                    coalesce((SELECT max(id) FROM users), 0))",
-        [],
-        |row| row.get(0),
-    )?)
-}
-
-/// Makes a restored copy safe to serve: every token issued before now is
-/// void (the copy has not seen the logouts, password changes and
-/// blacklists since it was made), and no id up to `floor` is handed out
-/// again (a token of a user who registered after the backup must never
-/// name a new registrant).
-fn void_the_past(copy: &Path, floor: i64) -> anyhow::Result<()> {
-    let conn = Connection::open(copy)?;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    conn.execute(
-        "UPDATE users SET tokens_valid_after = max(tokens_valid_after, ?1)",
-        [valid_after(crate::model::unix_now())],
-    )?;
-    conn.execute(
-        "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'users', 0 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users')",
-        [],
-    )?;
-    conn.execute(
-        "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'users'",
-        [floor],
-    )?;
-    conn.execute_batch("COMMIT; PRAGMA journal_mode = DELETE;")?;
-    Ok(())
 }
 
 /// The first second from which tokens are valid again after a revocation
@@ -359,60 +206,59 @@ pub fn valid_after(now: i64) -> i64 {
     now + 2
 }
 
-/// Applies every migration above `current`, each with its version bump in
-/// one transaction.
-fn migrate(conn: &mut Connection, current: i64) -> anyhow::Result<()> {
-    for (index, sql) in migrations().iter().enumerate() {
-        let version = index as i64 + 1;
-        if version <= current {
-            continue;
-        }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)
-            .with_context(|| format!("migration {version} failed"))?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// Runs `f` inside a `BEGIN IMMEDIATE` transaction: the write lock is taken
-/// up front, so concurrent writers queue on `busy_timeout` instead of
+/// Runs `f` inside a transaction that takes the write lock up front
+/// (SQLite's `BEGIN IMMEDIATE`), so concurrent writers queue instead of
 /// failing half-way. Inside a transaction already (the server's writer
 /// commits several requests at once), `f` runs in a savepoint instead: an
 /// error undoes `f`'s changes only.
-pub fn write<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    if conn.is_autocommit() {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+pub fn write<T>(conn: &mut Conn<'_>, f: impl FnOnce(&mut Conn<'_>) -> Result<T>) -> Result<T> {
+    if shared::is_open(conn) {
+        control(conn, "SAVEPOINT write")?;
+        match f(conn) {
+            Ok(value) => {
+                control(conn, "RELEASE write")?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = control(conn, "ROLLBACK TO write");
+                let _ = control(conn, "RELEASE write");
+                Err(err)
+            }
+        }
     } else {
-        let savepoint = conn.savepoint()?;
-        let value = f(&savepoint)?;
-        savepoint.commit()?;
-        Ok(value)
+        shared::begin(conn)?;
+        let value = f(conn);
+        match value {
+            Ok(value) => {
+                shared::commit(conn)?;
+                Ok(value)
+            }
+            Err(err) => {
+                abandon(conn);
+                Err(err)
+            }
+        }
     }
 }
 
-/// Runs `f` inside one read transaction (a deferred `BEGIN`): every query
-/// of a request sees the same snapshot, and SQLite takes and drops its
-/// file locks once per request instead of once per statement.
-pub fn read<T, E: From<rusqlite::Error>>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, E>,
-) -> Result<T, E> {
-    if !conn.is_autocommit() {
-        return f(conn);
-    }
+/// Runs `f` as one read. On SQLite, inside one read transaction (a
+/// deferred `BEGIN`): every query of a request sees the same snapshot, and
+/// SQLite takes and drops its file locks once per request instead of once
+/// per statement. On PostgreSQL each statement reads the latest commit on
+/// its own (a transaction would cost two more round trips per request).
+pub fn read<T, E: From<Error>>(
+    conn: &mut Conn<'_>,
+    f: impl FnOnce(&mut Conn<'_>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let sqlite = match conn {
+        Conn::Sqlite(sqlite) if sqlite.is_autocommit() => *sqlite,
+        _ => return f(conn),
+    };
     control(conn, "BEGIN")?;
     // Ends the transaction however `f` leaves (an error, a panic): a
     // pooled connection must never go back with a snapshot held open, or
     // the WAL could not be checkpointed past it.
-    let open = OpenRead(conn);
+    let open = OpenRead(sqlite);
     let value = f(conn)?;
     control(conn, "COMMIT")?;
     drop(open);
@@ -420,66 +266,74 @@ pub fn read<T, E: From<rusqlite::Error>>(
 }
 
 /// Rolls back a read transaction still open when dropped.
-struct OpenRead<'a>(&'a Connection);
+struct OpenRead<'a>(&'a rusqlite::Connection);
 
 impl Drop for OpenRead<'_> {
     fn drop(&mut self) {
-        abandon(self.0);
+        abandon(&mut Conn::Sqlite(self.0));
     }
 }
 
 /// Runs one transaction-control statement (cached: these run per request).
-fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(drop)
+fn control(conn: &mut Conn<'_>, sql: &str) -> Result<()> {
+    match conn {
+        Conn::Sqlite(conn) => Ok(conn.prepare_cached(sql)?.execute([]).map(drop)?),
+        Conn::Postgres(client) => client.control(sql),
+    }
 }
 
 /// Rolls back the transaction `conn` still has open, if any.
-fn abandon(conn: &Connection) {
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+fn abandon(conn: &mut Conn<'_>) {
+    if shared::is_open(conn) {
+        let _ = control(conn, "ROLLBACK");
     }
 }
 
 /// The steps of group commit (the server's writer thread): one
-/// `BEGIN IMMEDIATE` transaction shared by several requests, each inside
-/// its own savepoint, committed once. Each request's own writes go through
-/// [`write`], which nests as a further savepoint.
+/// transaction shared by several requests, each inside its own savepoint,
+/// committed once. Each request's own writes go through [`write`], which
+/// nests as a further savepoint.
 pub mod shared {
-    use rusqlite::Connection;
-
-    use super::{abandon, control};
+    use super::{Conn, Result, abandon, control};
 
     /// Opens the shared transaction, taking the write lock.
-    pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
-        control(conn, "BEGIN IMMEDIATE")
+    pub fn begin(conn: &mut Conn<'_>) -> Result<()> {
+        match conn {
+            Conn::Sqlite(_) => control(conn, "BEGIN IMMEDIATE"),
+            Conn::Postgres(_) => control(conn, "BEGIN"),
+        }
     }
 
-    /// Whether the shared transaction is still open: SQLite rolls all of
-    /// it back on some errors (a full disk, an I/O error).
-    pub fn is_open(conn: &Connection) -> bool {
-        !conn.is_autocommit()
+    /// Whether a transaction is open: SQLite rolls all of it back on some
+    /// errors (a full disk, an I/O error), PostgreSQL when the session
+    /// breaks.
+    pub fn is_open(conn: &Conn<'_>) -> bool {
+        match conn {
+            Conn::Sqlite(conn) => !conn.is_autocommit(),
+            Conn::Postgres(client) => client.in_transaction(),
+        }
     }
 
     /// Marks where the next request starts.
-    pub fn mark(conn: &Connection) -> rusqlite::Result<()> {
+    pub fn mark(conn: &mut Conn<'_>) -> Result<()> {
         control(conn, "SAVEPOINT job")
     }
 
     /// Keeps the changes since the mark.
-    pub fn keep(conn: &Connection) -> rusqlite::Result<()> {
+    pub fn keep(conn: &mut Conn<'_>) -> Result<()> {
         control(conn, "RELEASE job")
     }
 
     /// Undoes the changes since the mark, and drops it.
-    pub fn undo(conn: &Connection) -> rusqlite::Result<()> {
+    pub fn undo(conn: &mut Conn<'_>) -> Result<()> {
         control(conn, "ROLLBACK TO job")?;
         control(conn, "RELEASE job")
     }
 
-    /// Commits the shared transaction (synced: `synchronous = FULL`); on
-    /// failure nothing of it stays and the connection is left with no
-    /// transaction open.
-    pub fn commit(conn: &Connection) -> rusqlite::Result<()> {
+    /// Commits the shared transaction (durable: SQLite's `synchronous =
+    /// FULL`, PostgreSQL's `synchronous_commit`); on failure nothing of it
+    /// stays and the connection is left with no transaction open.
+    pub fn commit(conn: &mut Conn<'_>) -> Result<()> {
         let committed = control(conn, "COMMIT");
         if committed.is_err() {
             abandon(conn);
@@ -488,26 +342,12 @@ pub mod shared {
     }
 }
 
-/// Whether `err` is a UNIQUE violation on `table.column`.
-pub fn is_unique_violation(err: &rusqlite::Error, table_column: &str) -> bool {
-    match err {
-        rusqlite::Error::SqliteFailure(failure, Some(message)) => {
-            failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                && message.contains(table_column)
-        }
-        _ => false,
-    }
-}
-
 /// Checks that the database answers.
-pub fn ping(conn: &Connection) -> rusqlite::Result<()> {
-    conn.query_row("SELECT 1", [], |_| Ok(()))
-}
-
-/// Reads the schema version of a file without changing it.
-pub fn schema_version(path: &Path) -> anyhow::Result<i64> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+pub fn ping(conn: &mut Conn<'_>) -> Result<()> {
+    match conn {
+        Conn::Sqlite(conn) => Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?),
+        Conn::Postgres(client) => client.query_one("SELECT 1", &[]).map(drop),
+    }
 }
 
 /// What the database tests share: a fresh pool in a temp dir, a new user.
@@ -516,9 +356,9 @@ pub mod testing {
     use crate::model::{NewUser, Status};
 
     /// A pool of one connection on a fresh file (kept while the dir lives).
-    pub fn pool() -> (tempfile::TempDir, super::Pool) {
+    pub fn pool() -> (tempfile::TempDir, super::sqlite::Pool) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = super::open(&super::Options {
+        let pool = super::sqlite::open(&super::Options {
             path: dir.path().join("u.sqlite3"),
             busy_timeout: std::time::Duration::from_secs(1),
             pool_size: 1,
@@ -538,187 +378,5 @@ pub mod testing {
             profile_picture: String::new(),
             is_staff: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn options(dir: &Path) -> Options {
-        Options {
-            path: dir.join("t.sqlite3"),
-            busy_timeout: Duration::from_secs(1),
-            pool_size: 2,
-        }
-    }
-
-    #[test]
-    fn a_connection_returned_inside_a_transaction_is_not_lent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut options = options(dir.path());
-        options.pool_size = 1;
-        let pool = open(&options).unwrap();
-        let conn = pool.get().unwrap();
-        conn.execute_batch("BEGIN").unwrap();
-        drop(conn);
-        assert!(pool.get().unwrap().is_autocommit());
-    }
-
-    #[test]
-    fn a_read_sees_one_snapshot_and_always_ends_its_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = open(&options(dir.path())).unwrap();
-        let reader = pool.get().unwrap();
-        let writer = pool.get().unwrap();
-        let count = |conn: &Connection| -> rusqlite::Result<i64> {
-            conn.query_row("SELECT count(*) FROM users", [], |row| row.get(0))
-        };
-        // A write committed between two queries of one read is not seen.
-        let (before, after) = read(&reader, |conn| {
-            let before = count(conn)?;
-            writer.execute_batch(
-                "INSERT INTO users (username, email, password_hash, created_at, updated_at)
-                 VALUES ('snap', 'snap@example.com', 'x', '2026', '2026')",
-            )?;
-            Ok::<_, rusqlite::Error>((before, count(conn)?))
-        })
-        .unwrap();
-        assert_eq!(before, after);
-        assert_eq!(count(&reader).unwrap(), before + 1);
-        // An error ends the transaction too.
-        let err = read(&reader, |conn| {
-            count(conn)?;
-            Err::<(), _>(rusqlite::Error::QueryReturnedNoRows)
-        });
-        assert!(err.is_err());
-        assert!(reader.is_autocommit());
-    }
-
-    #[test]
-    fn backup_copies_a_checked_snapshot_and_restore_brings_it_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = options(dir.path());
-        let pool = open(&opts).unwrap();
-        pool.get()
-            .unwrap()
-            .execute_batch(
-                "INSERT INTO users (username, email, password_hash, created_at, updated_at) \
-                 VALUES ('a', 'a@x.io', 'h', 't', 't')",
-            )
-            .unwrap();
-        let copy = dir.path().join("copy.sqlite3");
-        assert_eq!(backup(&opts.path, &copy).unwrap(), 1);
-        assert_eq!(
-            last_backup(&opts.path),
-            Some(std::fs::canonicalize(&copy).unwrap())
-        );
-        assert!(backup(&opts.path, &copy).is_err(), "never overwrites");
-        pool.get()
-            .unwrap()
-            .execute_batch("DELETE FROM users")
-            .unwrap();
-        drop(pool);
-        let kept = restore(&opts.path, &copy).unwrap().unwrap();
-        assert!(kept.exists());
-        let pool = open(&opts).unwrap();
-        let n: i64 = pool
-            .get()
-            .unwrap()
-            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1);
-    }
-
-    #[test]
-    fn restore_refuses_a_file_that_is_not_a_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk");
-        std::fs::write(&junk, b"not a database at all, not even close.....").unwrap();
-        assert!(restore(&dir.path().join("db"), &junk).is_err());
-        assert!(!dir.path().join("db").exists());
-    }
-
-    #[test]
-    fn a_size_cap_makes_writes_fail_as_on_a_full_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = open_limited(&options(dir.path()), 64 * 1024).unwrap();
-        let conn = pool.get().unwrap();
-        let mut failed = None;
-        for i in 0..10_000 {
-            let result = conn.execute(
-                "INSERT INTO users (username, email, password_hash, created_at, updated_at) \
-                 VALUES (?1, ?1 || '@x.io', ?2, 't', 't')",
-                rusqlite::params![format!("user{i}"), "h".repeat(500)],
-            );
-            if let Err(err) = result {
-                failed = Some(err);
-                break;
-            }
-        }
-        let err = failed.expect("the cap was never reached");
-        assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-            .unwrap();
-        assert!(n > 0);
-    }
-
-    #[test]
-    fn schema_has_numbered_migrations() {
-        let all = migrations();
-        assert!(!all.is_empty());
-        assert!(all[0].contains("CREATE TABLE users"));
-    }
-
-    #[test]
-    fn open_creates_a_wal_database_at_the_latest_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = open(&options(dir.path())).unwrap();
-        let conn = pool.get().unwrap();
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let sync: i64 = conn
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(sync, 2, "synchronous must be FULL");
-        drop(conn);
-        drop(pool);
-        assert_eq!(
-            schema_version(&dir.path().join("t.sqlite3")).unwrap(),
-            latest_version()
-        );
-    }
-
-    #[test]
-    fn reopening_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(open(&options(dir.path())).unwrap());
-        drop(open(&options(dir.path())).unwrap());
-    }
-
-    #[test]
-    fn a_newer_schema_version_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.sqlite3");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "user_version", 999).unwrap();
-        }
-        let before = std::fs::read(&path).unwrap();
-        let err = open(&options(dir.path())).unwrap_err();
-        assert!(err.to_string().contains("newer"), "{err}");
-        assert_eq!(std::fs::read(&path).unwrap(), before);
-    }
-
-    #[test]
-    fn a_missing_directory_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path());
-        opts.path = dir.path().join("nope").join("t.sqlite3");
-        let err = open(&opts).unwrap_err();
-        assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

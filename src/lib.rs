@@ -48,14 +48,15 @@ pub async fn run(
     keys.abort();
     // Checkpoint the WAL into the main file so a stopped server leaves one
     // tidy file behind; the pool closes when the last clone drops.
-    let pool = state.pool.clone();
-    drop(state);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let conn = pool.get()?;
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-        Ok(())
-    })
-    .await??;
+    if let db::Pool::Sqlite(pool) = state.pool.clone() {
+        drop(state);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let conn = pool.get()?;
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+        .await??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -48,9 +48,10 @@ pub async fn open(state: &AppState, user_id: i64, presence: bool) -> Result<Stre
     };
     if first {
         let timestamp = crate::model::timestamp_now();
+        let node = state.node.clone();
         state
             .write(move |conn| -> Result<_, StateError> {
-                Ok(db::events::came_online(conn, user_id, &timestamp)?)
+                Ok(db::events::came_online(conn, user_id, &node, &timestamp)?)
             })
             .await
             .map_err(OpenError::State)?;
@@ -86,7 +87,9 @@ fn offline_after_grace(state: AppState, user_id: i64, opens: u64) {
                 if hub.events.is_present(user_id) {
                     return Ok(false);
                 }
-                Ok(db::events::went_offline(conn, user_id, &timestamp)?)
+                Ok(db::events::went_offline(
+                    conn, user_id, &hub.node, &timestamp,
+                )?)
             })
             .await;
         if let Err(err) = gone {
@@ -121,6 +124,7 @@ pub async fn run(state: AppState) {
             return;
         }
     };
+    let beats = heartbeat(&state);
     while state.events.changed(&mut stop).await {
         loop {
             let read = state
@@ -141,5 +145,58 @@ pub async fn run(state: AppState) {
                 break;
             }
         }
+    }
+    if let Some(beats) = beats {
+        beats.abort();
+    }
+}
+
+/// How often a node on PostgreSQL says it is alive.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On PostgreSQL, what other nodes need from this one: every commit's
+/// NOTIFY wakes this node's streams (a thread listening), and every
+/// [`HEARTBEAT`] this node says it is alive and ends the presence of nodes
+/// silent for five heartbeats or the grace window, whichever is longer
+/// (they stopped or died).
+fn heartbeat(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let db::Pool::Postgres(pool) = &state.pool else {
+        return None;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hub = state.clone();
+    if let Err(err) = db::pg::listen(pool, move || hub.events.wake(), stop.clone()) {
+        tracing::error!(%err, "events: cannot start the LISTEN thread; polling only");
+    }
+    let timeout = (5 * HEARTBEAT).max(state.events.grace()).as_secs() as i64;
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let _stop = StopOnDrop(stop);
+        let mut every = tokio::time::interval(HEARTBEAT);
+        loop {
+            every.tick().await;
+            let node = state.node.clone();
+            let beat = state
+                .write(move |conn| -> Result<_, StateError> {
+                    let timestamp = crate::model::timestamp_now();
+                    let now = crate::model::unix_now();
+                    Ok(db::events::heartbeat(
+                        conn, &node, now, timeout, &timestamp,
+                    )?)
+                })
+                .await;
+            if let Err(err) = beat {
+                tracing::warn!(?err, "presence: the heartbeat failed");
+            }
+        }
+    }))
+}
+
+/// Stops the LISTEN thread when the heartbeat task ends.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::jwt::Keys;
@@ -32,7 +31,7 @@ pub enum StateError {
     /// A database error (for a write: also one that undid a change that
     /// had succeeded, when its shared commit failed).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[from] db::Error),
     /// Too many password hashes are waiting for a core.
     #[error("too many password hashes waiting")]
     Busy,
@@ -42,7 +41,7 @@ pub enum StateError {
 }
 
 impl DatabaseCause for StateError {
-    fn database_cause(&self) -> Option<&rusqlite::Error> {
+    fn database_cause(&self) -> Option<&db::Error> {
         match self {
             StateError::Database(err) => Some(err),
             _ => None,
@@ -53,8 +52,13 @@ impl DatabaseCause for StateError {
 /// The database error a failed write carries, if any: when SQLite rolled
 /// back a shared commit, the requests in it are told this cause.
 pub trait DatabaseCause {
-    /// The `rusqlite` error inside, if it is one.
-    fn database_cause(&self) -> Option<&rusqlite::Error>;
+    /// The database error inside, if it is one.
+    fn database_cause(&self) -> Option<&db::Error>;
+}
+
+/// A fresh random node name: `node-` and 16 hex digits.
+fn node_name() -> String {
+    format!("node-{:016x}", rand::random::<u64>())
 }
 
 /// How often the key files are looked at for a rotation.
@@ -67,8 +71,11 @@ pub struct AppState(Arc<Shared>);
 
 /// What [`AppState`] shares; reached through `Deref`.
 pub struct Shared {
-    /// The SQLite connection pool.
+    /// The database's connection pool.
     pub pool: db::Pool,
+    /// This server's name among the nodes sharing a PostgreSQL database
+    /// (random, new at every start): its streams' presence is kept under it.
+    pub node: String,
     /// The resolved configuration.
     pub config: Config,
     /// JWT keys and lifetimes; see [`AppState::keys`].
@@ -97,20 +104,7 @@ impl AppState {
     /// Opens (creating and migrating) the database named by the config and
     /// builds the keys. The config's secret must already be checked.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
-        let path = config
-            .database
-            .path
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty())
-            .context("no database path configured (database.path / ROSTERD_DB / --db)")?;
-        let pool = db::open_limited(
-            &db::Options {
-                path,
-                busy_timeout: Duration::from_millis(config.database.busy_timeout_ms),
-                pool_size: config.database.pool_size,
-            },
-            config.database.max_size,
-        )?;
+        let pool = db::Pool::open(&db::Target::of(&config.database)?, config.database.max_size)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let writer = writer::start(&pool).context("cannot start the database writer thread")?;
         Ok(AppState(Arc::new(Shared {
@@ -121,6 +115,7 @@ impl AppState {
             listings: Arc::new(Semaphore::new(config.server.max_full_listings)),
             hashes: HashGate::new(cores, config.auth.max_queued_hashes),
             writer,
+            node: node_name(),
             pool,
             config,
         })))
@@ -186,16 +181,16 @@ impl AppState {
     /// to the pool before the future resolves.
     pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut db::Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: From<StateError> + From<rusqlite::Error> + Send + 'static,
+        E: From<StateError> + From<db::Error> + Send + 'static,
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = pool
+            let mut pooled = pool
                 .get()
                 .map_err(|err| StateError::Unavailable(err.to_string()))?;
-            db::read(&conn, f)
+            db::read(&mut pooled.conn(), f)
         })
         .await
         .map_err(|err| StateError::Crashed(format!("a database read failed: {err}")))?
@@ -207,7 +202,7 @@ impl AppState {
     /// commit holding the change is synced to disk.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut db::Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StateError> + DatabaseCause + Send + 'static,
     {
@@ -220,7 +215,7 @@ impl AppState {
             Done {
                 succeeded: result.is_ok(),
                 cause: match &result {
-                    Err(err) => err.database_cause().map(writer::copy_error),
+                    Err(err) => err.database_cause().map(db::Error::copy),
                     Ok(_) => None,
                 },
                 // Sent even when the caller has gone: the change stands.

@@ -188,7 +188,7 @@ async fn log_out_everywhere(
 async fn act(
     caller: Caller,
     state: AppState,
-    write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<bool> + Send + 'static,
+    write: impl FnOnce(&mut db::Conn<'_>) -> db::Result<bool> + Send + 'static,
 ) -> Result<Response, ApiError> {
     staff(&caller)?;
     let found = state

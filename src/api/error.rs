@@ -63,15 +63,15 @@ pub enum ApiError {
     /// 507: the disk is full; reads still work.
     InsufficientStorage,
     /// 500 (or 503/507, by SQLite's code): a database error.
-    Database(rusqlite::Error),
+    Database(crate::db::Error),
     /// 500: a bug; the cause is logged, never sent.
     Internal(anyhow::Error),
 }
 
 impl warp::reject::Reject for ApiError {}
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(err: rusqlite::Error) -> Self {
+impl From<crate::db::Error> for ApiError {
+    fn from(err: crate::db::Error) -> Self {
         ApiError::Database(err)
     }
 }
@@ -94,7 +94,7 @@ impl From<StateError> for ApiError {
 }
 
 impl DatabaseCause for ApiError {
-    fn database_cause(&self) -> Option<&rusqlite::Error> {
+    fn database_cause(&self) -> Option<&crate::db::Error> {
         match self {
             ApiError::Database(err) => Some(err),
             _ => None,
@@ -200,11 +200,11 @@ impl ApiError {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "The server's disk is full. Try again later.",
             ),
-            Database(err) => match err.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            Database(err) => match err.trouble() {
+                crate::db::Trouble::Busy => {
                     ApiError::Unavailable(err.to_string()).status_and_body()
                 }
-                Some(rusqlite::ErrorCode::DiskFull) => {
+                crate::db::Trouble::Full => {
                     tracing::error!(error = %err, "database disk full");
                     ApiError::InsufficientStorage.status_and_body()
                 }
@@ -308,7 +308,7 @@ pub trait ResultExt<T> {
 impl<T> ResultExt<T> for Result<T, ApiError> {
     fn on_constraint(self, table_column: &str, field: &str, message: &str) -> Result<T, ApiError> {
         self.map_err(|err| match err {
-            ApiError::Database(db) if crate::db::is_unique_violation(&db, table_column) => {
+            ApiError::Database(db) if db.is_unique_violation(table_column) => {
                 ApiError::field(field, message)
             }
             other => other,

@@ -234,7 +234,7 @@ pub struct Caller {
 /// Checks the token's user as simplejwt does on every request: it exists,
 /// is active, and the token is not void since a logout-all or password
 /// change. Runs inside the handler's read or write.
-pub fn authorize(conn: &rusqlite::Connection, bearer: &Bearer) -> Result<Caller, ApiError> {
+pub fn authorize(conn: &mut crate::db::Conn<'_>, bearer: &Bearer) -> Result<Caller, ApiError> {
     let id = bearer.user_id()?;
     let user = crate::db::users::auth_state(conn, id)?.ok_or(ApiError::UserNotFound)?;
     if bearer.claims.is_void(user.tokens_valid_after) {

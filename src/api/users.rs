@@ -191,7 +191,7 @@ async fn patch_user(
 /// Adds "already exists" errors for the given username / email held by
 /// another user than `except`: DRF reports them with the other field errors.
 fn add_taken_errors(
-    conn: &rusqlite::Connection,
+    conn: &mut db::Conn<'_>,
     parsed: &mut ParsedUser,
     except: Option<i64>,
 ) -> Result<(), ApiError> {
@@ -265,7 +265,7 @@ async fn create(
 /// Checks the caller, loads the target (404), checks the caller may edit
 /// it (403): the order DRF's `get_object` uses.
 fn editable_target(
-    conn: &rusqlite::Connection,
+    conn: &mut db::Conn<'_>,
     bearer: &Bearer,
     user: &UserRef,
 ) -> Result<i64, ApiError> {

@@ -21,8 +21,8 @@ use anyhow::{Context, bail};
 
 use crate::auth::password;
 use crate::cli::ImportSource;
-use crate::db::Pool;
 use crate::db::import::{Clash, Incoming};
+use crate::db::sqlite::Pool;
 use crate::model::{self, validate};
 
 /// What the first pass learnt of one user: enough to decide, after every
@@ -325,7 +325,13 @@ fn free_username(
     let mut candidate = base.clone();
     for n in 2.. {
         if !taken_here(&candidate)
-            && !crate::db::users::taken(conn, Some(&candidate), None, None)?.0
+            && !crate::db::users::taken(
+                &mut crate::db::Conn::Sqlite(conn),
+                Some(&candidate),
+                None,
+                None,
+            )?
+            .0
         {
             break;
         }

@@ -57,16 +57,16 @@ pub fn clash(conn: &Connection, source: &str, user: &Incoming) -> rusqlite::Resu
     if imported.is_some() {
         return Ok(Some(Clash::AlreadyImported));
     }
-    let (username, email) = super::users::taken(
-        conn,
-        Some(user.new.username.as_str()),
-        Some(user.new.email.as_str()),
-        None,
-    )?;
-    if username {
+    let taken = |column: &str, value: &str| -> rusqlite::Result<bool> {
+        conn.prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE {column} = ?1)"
+        ))?
+        .query_row([value], |row| row.get(0))
+    };
+    if taken("username", &user.new.username)? {
         return Ok(Some(Clash::Username));
     }
-    if email {
+    if taken("email", &user.new.email)? {
         return Ok(Some(Clash::Email));
     }
     if let Some(id) = user.id {
@@ -205,15 +205,15 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(kept, ["a".repeat(32)]);
-        let next = insert(&mut conn, &new_user("after"), "t").unwrap();
+        let next = insert(&mut crate::db::Conn::Sqlite(&conn), &new_user("after"), "t").unwrap();
         assert_eq!(next.id, 10, "ids go on above the imported ones");
     }
 
     #[test]
     fn names_emails_and_used_ids_clash() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
-        let held = insert(&mut conn, &new_user("held"), "t").unwrap();
+        let conn = pool.get().unwrap();
+        let held = insert(&mut crate::db::Conn::Sqlite(&conn), &new_user("held"), "t").unwrap();
         let mut by_name = incoming("1", None, "HELD");
         by_name.new.email = "other@example.com".into();
         assert_eq!(clash(&conn, "pb", &by_name).unwrap(), Some(Clash::Username));
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(clash(&conn, "pb", &by_email).unwrap(), Some(Clash::Email));
         let by_id = incoming("3", Some(held.id), "third");
         assert_eq!(clash(&conn, "django", &by_id).unwrap(), Some(Clash::Id));
-        crate::db::users::delete(&mut conn, held.id).unwrap();
+        crate::db::users::delete(&mut crate::db::Conn::Sqlite(&conn), held.id).unwrap();
         assert_eq!(
             clash(&conn, "django", &by_id).unwrap(),
             Some(Clash::Id),

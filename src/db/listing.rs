@@ -2,9 +2,11 @@
 //! by keyset from their first row), keyset chunks for streaming a whole
 //! listing, and counts.
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::users::user_from_row;
+use super::users::{user_from_pg, user_from_row};
+use super::{Conn, Result};
 use crate::model::{Status, User};
 
 /// The public columns, in [`user_from_row`]'s order.
@@ -39,9 +41,12 @@ impl SortColumn {
         })
     }
 
-    fn column(self) -> &'static str {
+    /// The column in SQL: PostgreSQL compares usernames through
+    /// `lower()`, as its unique index does (SQLite's column has NOCASE).
+    fn column(self, pg: bool) -> &'static str {
         match self {
             SortColumn::Id => "id",
+            SortColumn::Username if pg => "lower(username)",
             SortColumn::Username => "username",
             SortColumn::Level => "level",
             SortColumn::CreatedAt => "created_at",
@@ -49,8 +54,7 @@ impl SortColumn {
         }
     }
 
-    fn value(self, user: &User) -> rusqlite::types::Value {
-        use rusqlite::types::Value;
+    fn value(self, user: &User) -> Value {
         match self {
             SortColumn::Id => Value::Integer(user.id),
             SortColumn::Username => Value::Text(user.username.clone()),
@@ -91,8 +95,7 @@ impl ListQuery {
     }
 
     /// `WHERE` conditions for the filters, and their parameters.
-    fn filters(&self) -> (Vec<String>, Vec<rusqlite::types::Value>) {
-        use rusqlite::types::Value;
+    fn filters(&self, pg: bool) -> (Vec<String>, Vec<Value>) {
         let mut conditions = Vec::new();
         let mut params = Vec::new();
         if let Some(search) = self.search.as_deref().filter(|s| !s.is_empty()) {
@@ -100,7 +103,10 @@ impl ListQuery {
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_");
-            conditions.push("(username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')".to_owned());
+            let like = if pg { "ILIKE" } else { "LIKE" };
+            conditions.push(format!(
+                "(username {like} ? ESCAPE '\\' OR email {like} ? ESCAPE '\\')"
+            ));
             let pattern = format!("%{escaped}%");
             params.push(Value::Text(pattern.clone()));
             params.push(Value::Text(pattern));
@@ -112,31 +118,48 @@ impl ListQuery {
         (conditions, params)
     }
 
-    fn order_by(&self) -> String {
+    fn order_by(&self, pg: bool) -> String {
         self.keys()
             .iter()
-            .map(|(c, desc)| format!("{} {}", c.column(), if *desc { "DESC" } else { "ASC" }))
+            .map(|(c, desc)| format!("{} {}", c.column(pg), if *desc { "DESC" } else { "ASC" }))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
     /// The keyset condition "after `last` in this order", with parameters.
-    fn after(&self, last: &User) -> (String, Vec<rusqlite::types::Value>) {
+    fn after(&self, last: &User, pg: bool) -> (String, Vec<Value>) {
         let keys = self.keys();
         let mut alternatives = Vec::new();
         let mut params = Vec::new();
         for (i, (column, desc)) in keys.iter().enumerate() {
             let mut parts = Vec::new();
             for (earlier, _) in &keys[..i] {
-                parts.push(format!("{} = ?", earlier.column()));
+                parts.push(format!(
+                    "{} = {}",
+                    earlier.column(pg),
+                    placeholder(*earlier, pg)
+                ));
                 params.push(earlier.value(last));
             }
             let op = if *desc { "<" } else { ">" };
-            parts.push(format!("{} {op} ?", column.column()));
+            parts.push(format!(
+                "{} {op} {}",
+                column.column(pg),
+                placeholder(*column, pg)
+            ));
             params.push(column.value(last));
             alternatives.push(format!("({})", parts.join(" AND ")));
         }
         (format!("({})", alternatives.join(" OR ")), params)
+    }
+}
+
+/// A keyset parameter's placeholder: a username lowered on PostgreSQL.
+fn placeholder(column: SortColumn, pg: bool) -> &'static str {
+    if pg && column == SortColumn::Username {
+        "lower(?)"
+    } else {
+        "?"
     }
 }
 
@@ -148,20 +171,22 @@ fn where_clause(conditions: &[String]) -> String {
     }
 }
 
-/// One page by `LIMIT`/`OFFSET`; an unfiltered deep page in id order (the
-/// default) finds its first id through `seek` and reads on from there.
+/// One page by `LIMIT`/`OFFSET`; on SQLite, an unfiltered deep page in id
+/// order (the default) finds its first id through `seek` and reads on from
+/// there (PostgreSQL steps over its index quickly enough).
 pub fn page(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     query: &ListQuery,
     limit: i64,
     offset: i64,
     seek: &impl IdPositions,
-) -> rusqlite::Result<Vec<User>> {
-    if let ([(SortColumn::Id, descending)], true) = (
+) -> Result<Vec<User>> {
+    if let (Conn::Sqlite(sqlite), [(SortColumn::Id, descending)], true) = (
+        &conn,
         query.keys().as_slice(),
-        offset >= SEEK_STRIDE && query.filters().0.is_empty(),
+        offset >= SEEK_STRIDE && query.filters(false).0.is_empty(),
     ) {
-        let Some(start) = seek.id_at(conn, offset, *descending)? else {
+        let Some(start) = seek.id_at(sqlite, offset, *descending)? else {
             return Ok(Vec::new());
         };
         let (op, order) = if *descending {
@@ -169,43 +194,103 @@ pub fn page(
         } else {
             (">=", "ASC")
         };
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE id {op} ?1 ORDER BY id {order} LIMIT ?2"
-        );
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users WHERE id {op} ? ORDER BY id {order} LIMIT ?");
         return rows(conn, &sql, vec![start.into(), limit.into()]);
     }
-    let (conditions, mut params) = query.filters();
+    let pg = matches!(conn, Conn::Postgres(_));
+    let (conditions, mut params) = query.filters(pg);
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ? OFFSET ?",
         where_clause(&conditions),
-        query.order_by()
+        query.order_by(pg)
     );
-    params.push(rusqlite::types::Value::Integer(limit));
-    params.push(rusqlite::types::Value::Integer(offset));
+    params.push(Value::Integer(limit));
+    params.push(Value::Integer(offset));
     rows(conn, &sql, params)
 }
 
-/// The users `sql` (selecting [`USER_COLUMNS`]) finds.
-fn rows(
-    conn: &Connection,
-    sql: &str,
-    params: Vec<rusqlite::types::Value>,
-) -> rusqlite::Result<Vec<User>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let users = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
-    users.collect()
+/// The users `sql` (selecting [`USER_COLUMNS`], with `?` placeholders)
+/// finds.
+fn rows(conn: &mut Conn<'_>, sql: &str, params: Vec<Value>) -> Result<Vec<User>> {
+    match conn {
+        Conn::Sqlite(conn) => {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let users = stmt.query_map(rusqlite::params_from_iter(params), user_from_row)?;
+            Ok(users.collect::<rusqlite::Result<_>>()?)
+        }
+        Conn::Postgres(client) => {
+            let values = pg_values(&params);
+            let refs: Vec<_> = values.iter().map(|v| v.as_ref()).collect();
+            client
+                .query(&numbered(sql), &refs)?
+                .iter()
+                .map(user_from_pg)
+                .collect()
+        }
+    }
+}
+
+/// A parameter PostgreSQL can take.
+type PgValue = Box<dyn postgres::types::ToSql + Sync>;
+
+fn pg_values(params: &[Value]) -> Vec<PgValue> {
+    params
+        .iter()
+        .map(|value| -> PgValue {
+            match value {
+                Value::Integer(i) => Box::new(*i),
+                Value::Text(text) => Box::new(text.clone()),
+                Value::Real(r) => Box::new(*r),
+                Value::Blob(b) => Box::new(b.clone()),
+                Value::Null => Box::new(Option::<i64>::None),
+            }
+        })
+        .collect()
+}
+
+/// `?` placeholders numbered `$1`, `$2`, … in order (PostgreSQL's form).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How many users match the filters (without filters, read from
 /// `users_meta`, which triggers keep exact: no scan).
-pub fn count(conn: &Connection, query: &ListQuery) -> rusqlite::Result<i64> {
-    let (conditions, params) = query.filters();
-    if conditions.is_empty() {
-        return Ok(meta(conn)?.users);
+pub fn count(conn: &mut Conn<'_>, query: &ListQuery) -> Result<i64> {
+    let pg = matches!(conn, Conn::Postgres(_));
+    let (conditions, params) = query.filters(pg);
+    match conn {
+        Conn::Sqlite(conn) if conditions.is_empty() => Ok(meta(conn)?.users),
+        Conn::Sqlite(conn) => {
+            let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(params), |row| row.get(0))?)
+        }
+        Conn::Postgres(client) => {
+            let sql = if conditions.is_empty() {
+                "SELECT users FROM users_meta WHERE one = 1".to_owned()
+            } else {
+                numbered(&format!(
+                    "SELECT count(*) FROM users{}",
+                    where_clause(&conditions)
+                ))
+            };
+            let values = pg_values(&params);
+            let refs: Vec<_> = values.iter().map(|v| v.as_ref()).collect();
+            Ok(client.query_one(&sql, &refs)?.try_get(0)?)
+        }
     }
-    let sql = format!("SELECT count(*) FROM users{}", where_clause(&conditions));
-    conn.prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(params), |row| row.get(0))
 }
 
 /// The one row of `users_meta`, kept exact by triggers for every writer.
@@ -277,23 +362,24 @@ pub fn id_after(conn: &Connection, from: i64, skip: i64) -> rusqlite::Result<Opt
 /// Up to `n` users following `last` in the query's order (keyset paging:
 /// each chunk is one short read, whatever the depth).
 pub fn chunk_after(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     query: &ListQuery,
     last: Option<&User>,
     n: i64,
-) -> rusqlite::Result<Vec<User>> {
-    let (mut conditions, mut params) = query.filters();
+) -> Result<Vec<User>> {
+    let pg = matches!(conn, Conn::Postgres(_));
+    let (mut conditions, mut params) = query.filters(pg);
     if let Some(last) = last {
-        let (condition, more) = query.after(last);
+        let (condition, more) = query.after(last, pg);
         conditions.push(condition);
         params.extend(more);
     }
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users{} ORDER BY {} LIMIT ?",
         where_clause(&conditions),
-        query.order_by()
+        query.order_by(pg)
     );
-    params.push(rusqlite::types::Value::Integer(n));
+    params.push(Value::Integer(n));
     rows(conn, &sql, params)
 }
 
@@ -327,11 +413,12 @@ mod tests {
     #[test]
     fn keyset_chunks_walk_every_order_exactly_once() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
         for (i, level) in [3, 1, 3, 2, 1, 3, 2].iter().enumerate() {
             let mut user = new_user(&format!("u{i}"));
             user.level = *level;
-            insert(&mut conn, &user, &format!("t{i}")).unwrap();
+            insert(conn, &user, &format!("t{i}")).unwrap();
         }
         for ordering in [
             vec![],
@@ -343,11 +430,11 @@ mod tests {
                 ordering,
                 ..ListQuery::default()
             };
-            let all = page(&conn, &query, 100, 0, &NoSeek).unwrap();
+            let all = page(conn, &query, 100, 0, &NoSeek).unwrap();
             let mut walked = Vec::new();
             let mut last: Option<User> = None;
             loop {
-                let chunk = chunk_after(&conn, &query, last.as_ref(), 2).unwrap();
+                let chunk = chunk_after(conn, &query, last.as_ref(), 2).unwrap();
                 let Some(tail) = chunk.last().cloned() else {
                     break;
                 };
@@ -355,18 +442,19 @@ mod tests {
                 last = Some(tail);
             }
             assert_eq!(walked, all, "{:?}", query.ordering);
-            assert_eq!(count(&conn, &query).unwrap(), 7);
+            assert_eq!(count(conn, &query).unwrap(), 7);
         }
     }
 
     #[test]
     fn seeking_deep_pages_matches_plain_offsets() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
         for i in 0..40 {
             let mut user = new_user(&format!("U{:02}", (i * 7) % 40));
             user.level = i % 3;
-            insert(&mut conn, &user, &format!("t{}", i % 5)).unwrap();
+            insert(conn, &user, &format!("t{}", i % 5)).unwrap();
         }
         for ordering in [
             vec![],
@@ -379,10 +467,10 @@ mod tests {
                 ordering,
                 ..ListQuery::default()
             };
-            let all = page(&conn, &query, 1000, 0, &NoSeek).unwrap();
+            let all = page(conn, &query, 1000, 0, &NoSeek).unwrap();
             for offset in [1, 7, 39, 40, 55] {
                 let expected: Vec<_> = all.iter().skip(offset).take(6).cloned().collect();
-                let got = page(&conn, &query, 6, offset as i64, &NoSeek).unwrap();
+                let got = page(conn, &query, 6, offset as i64, &NoSeek).unwrap();
                 assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
             }
         }
@@ -391,14 +479,15 @@ mod tests {
     #[test]
     fn search_escapes_like_wildcards() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
-        insert(&mut conn, &new_user("a_b"), "t").unwrap();
-        insert(&mut conn, &new_user("axb"), "t").unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
+        insert(conn, &new_user("a_b"), "t").unwrap();
+        insert(conn, &new_user("axb"), "t").unwrap();
         let query = ListQuery {
             search: Some("A_".into()),
             ..ListQuery::default()
         };
-        let found = page(&conn, &query, 10, 0, &NoSeek).unwrap();
+        let found = page(conn, &query, 10, 0, &NoSeek).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].username, "a_b");
     }
@@ -410,17 +499,18 @@ mod tests {
     #[test]
     fn users_meta_stays_exact_through_replace_and_ignore() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
         let add = "INSERT OR REPLACE INTO users (id, username, email, password_hash, \
                    created_at, updated_at) VALUES (?1, ?2, ?3, 'x', 't', 't')";
         for recursive in [false, true] {
-            conn.execute_batch("DELETE FROM users").unwrap();
+            c.execute_batch("DELETE FROM users").unwrap();
             for name in ["a", "b", "c", "d", "e"] {
-                insert(&mut conn, &new_user(name), "t").unwrap();
+                insert(conn, &new_user(name), "t").unwrap();
             }
-            conn.pragma_update(None, "recursive_triggers", recursive)
+            c.pragma_update(None, "recursive_triggers", recursive)
                 .unwrap();
-            let c_id: i64 = conn
+            let c_id: i64 = c
                 .query_row("SELECT id FROM users WHERE username = 'c'", [], |r| {
                     r.get(0)
                 })
@@ -467,10 +557,10 @@ mod tests {
                 ),
             ];
             for (what, sql, params, moves) in steps {
-                let (_, before) = id_order_stamp(&conn).unwrap();
-                conn.execute(sql, params).unwrap();
-                let (users, after) = id_order_stamp(&conn).unwrap();
-                let truth: i64 = conn
+                let (_, before) = id_order_stamp(&c).unwrap();
+                c.execute(sql, params).unwrap();
+                let (users, after) = id_order_stamp(&c).unwrap();
+                let truth: i64 = c
                     .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
                     .unwrap();
                 assert_eq!(users, truth, "{what}, recursive_triggers {recursive}");

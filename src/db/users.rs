@@ -1,8 +1,9 @@
 //! User rows: insert, look up, list, update, delete.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use postgres::Row as PgRow;
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::valid_after;
+use super::{Conn, Result, valid_after, write};
 
 use crate::model::{Account, NewUser, Status, User, UserChanges};
 
@@ -34,44 +35,111 @@ pub(super) fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+fn account_from_pg(row: &PgRow) -> Result<Account> {
+    Ok(Account {
+        user: user_from_pg(row)?,
+        password_hash: row.try_get(8)?,
+        is_staff: row.try_get(9)?,
+        is_active: row.try_get(10)?,
+        tokens_valid_after: row.try_get(11)?,
+    })
+}
+
+/// [`user_from_row`] for a PostgreSQL row.
+pub(super) fn user_from_pg(row: &PgRow) -> Result<User> {
+    Ok(User {
+        id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        email: row.try_get(2)?,
+        level: row.try_get(3)?,
+        status: Status::parse(row.try_get(4)?).unwrap_or(Status::Offline),
+        profile_picture: row.try_get(5)?,
+        created_at: row.try_get(6)?,
+        updated_at: row.try_get(7)?,
+    })
+}
+
 /// Inserts a user; a taken username or email fails with a UNIQUE violation
 /// on `users.username` / `users.email`.
-pub fn insert(conn: &mut Connection, new: &NewUser, now: &str) -> rusqlite::Result<User> {
-    super::write(conn, |tx| {
-        tx.query_row(
-            &format!(
-                "INSERT INTO users (username, email, password_hash, level, status, \
-                 profile_picture, is_staff, is_active, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?8) RETURNING {COLUMNS}"
-            ),
-            params![
-                new.username,
-                new.email,
-                new.password_hash,
-                new.level,
-                new.status.as_str(),
-                new.profile_picture,
-                new.is_staff,
-                now
-            ],
-            account_from_row,
-        )
-        .map(|account| account.user)
+pub fn insert(conn: &mut Conn<'_>, new: &NewUser, now: &str) -> Result<User> {
+    write(conn, |conn| match conn {
+        Conn::Sqlite(tx) => Ok(tx
+            .query_row(
+                &format!(
+                    "INSERT INTO users (username, email, password_hash, level, status, \
+                     profile_picture, is_staff, is_active, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?8) RETURNING {COLUMNS}"
+                ),
+                params![
+                    new.username,
+                    new.email,
+                    new.password_hash,
+                    new.level,
+                    new.status.as_str(),
+                    new.profile_picture,
+                    new.is_staff,
+                    now
+                ],
+                account_from_row,
+            )
+            .map(|account| account.user)?),
+        Conn::Postgres(client) => {
+            let row = client.query_one(
+                &format!(
+                    "INSERT INTO users (username, email, password_hash, level, status, \
+                     profile_picture, is_staff, is_active, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $8) RETURNING {COLUMNS}"
+                ),
+                &[
+                    &new.username,
+                    &new.email,
+                    &new.password_hash,
+                    &new.level,
+                    &new.status.as_str(),
+                    &new.profile_picture,
+                    &new.is_staff,
+                    &now,
+                ],
+            )?;
+            user_from_pg(&row)
+        }
     })
 }
 
 /// The account with this id.
-pub fn by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<Account>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id], account_from_row)
-        .optional()
+pub fn by_id(conn: &mut Conn<'_>, id: i64) -> Result<Option<Account>> {
+    match conn {
+        Conn::Sqlite(conn) => Ok(conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"))?
+            .query_row([id], account_from_row)
+            .optional()?),
+        Conn::Postgres(client) => client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM users WHERE id = $1"),
+                &[&id],
+            )?
+            .as_ref()
+            .map(account_from_pg)
+            .transpose(),
+    }
 }
 
-/// The account with this username, ignoring ASCII case.
-pub fn by_username(conn: &Connection, username: &str) -> rusqlite::Result<Option<Account>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE username = ?1"))?
-        .query_row([username], account_from_row)
-        .optional()
+/// The account with this username, ignoring case.
+pub fn by_username(conn: &mut Conn<'_>, username: &str) -> Result<Option<Account>> {
+    match conn {
+        Conn::Sqlite(conn) => Ok(conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE username = ?1"))?
+            .query_row([username], account_from_row)
+            .optional()?),
+        Conn::Postgres(client) => client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM users WHERE lower(username) = lower($1)"),
+                &[&username],
+            )?
+            .as_ref()
+            .map(account_from_pg)
+            .transpose(),
+    }
 }
 
 /// What every authenticated request needs to know about its user.
@@ -85,201 +153,287 @@ pub struct AuthState {
 
 /// The auth state of an existing, active user; `None` for a missing or
 /// inactive one. Checked on every authenticated request.
-pub fn auth_state(conn: &Connection, id: i64) -> rusqlite::Result<Option<AuthState>> {
-    conn.prepare_cached(
-        "SELECT is_staff, tokens_valid_after FROM users WHERE id = ?1 AND is_active = 1",
-    )?
-    .query_row([id], |row| {
-        Ok(AuthState {
-            is_staff: row.get(0)?,
-            tokens_valid_after: row.get(1)?,
-        })
+pub fn auth_state(conn: &mut Conn<'_>, id: i64) -> Result<Option<AuthState>> {
+    match conn {
+        Conn::Sqlite(conn) => Ok(conn
+            .prepare_cached(
+                "SELECT is_staff, tokens_valid_after FROM users WHERE id = ?1 AND is_active = 1",
+            )?
+            .query_row([id], |row| {
+                Ok(AuthState {
+                    is_staff: row.get(0)?,
+                    tokens_valid_after: row.get(1)?,
+                })
+            })
+            .optional()?),
+        Conn::Postgres(client) => client
+            .query_opt(
+                "SELECT is_staff, tokens_valid_after FROM users WHERE id = $1 AND is_active",
+                &[&id],
+            )?
+            .map(|row| {
+                Ok(AuthState {
+                    is_staff: row.try_get(0)?,
+                    tokens_valid_after: row.try_get(1)?,
+                })
+            })
+            .transpose(),
+    }
+}
+
+/// Runs one change statement written for both engines (`?N` on SQLite,
+/// `$N` on PostgreSQL; `max` becomes `greatest`); whether it hit a row.
+fn change(conn: &mut Conn<'_>, sql: &str, params: &[&dyn ToBoth]) -> Result<bool> {
+    write(conn, |conn| match conn {
+        Conn::Sqlite(tx) => {
+            let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.sqlite()).collect();
+            Ok(tx.prepare_cached(sql)?.execute(values.as_slice())? == 1)
+        }
+        Conn::Postgres(client) => {
+            let values: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.pg()).collect();
+            Ok(client.execute(&pg_dialect(sql), &values)? == 1)
+        }
     })
-    .optional()
+}
+
+/// A parameter either engine can take.
+pub(super) trait ToBoth {
+    fn sqlite(&self) -> &dyn rusqlite::ToSql;
+    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync);
+}
+
+impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync> ToBoth for T {
+    fn sqlite(&self) -> &dyn rusqlite::ToSql {
+        self
+    }
+    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync) {
+        self
+    }
+}
+
+/// SQLite's `?N` parameters and `max(a, b)` in PostgreSQL's words.
+pub(super) fn pg_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out.replace("max(", "greatest(")
 }
 
 /// Voids every token of the user issued until now ("log out everywhere");
 /// `false` when the id is unknown.
-pub fn revoke_tokens(conn: &mut Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
-    super::write(conn, |tx| {
-        tx.execute(
-            "UPDATE users SET tokens_valid_after = max(tokens_valid_after + 1, ?2) WHERE id = ?1",
-            params![id, valid_after(now)],
-        )
-        .map(|n| n == 1)
-    })
+pub fn revoke_tokens(conn: &mut Conn<'_>, id: i64, now: i64) -> Result<bool> {
+    change(
+        conn,
+        "UPDATE users SET tokens_valid_after = max(tokens_valid_after + 1, ?2) WHERE id = ?1",
+        &[&id, &valid_after(now)],
+    )
 }
 
 /// Activates or deactivates a user (deactivation voids their tokens);
 /// `false` when the id is unknown.
 pub fn set_active(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     id: i64,
     active: bool,
     now: i64,
     timestamp: &str,
-) -> rusqlite::Result<bool> {
-    super::write(conn, |tx| {
-        tx.execute(
-            "UPDATE users SET is_active = ?2, updated_at = ?3, \
-             tokens_valid_after = CASE WHEN ?2 THEN tokens_valid_after \
-                                       ELSE max(tokens_valid_after + 1, ?4) END \
-             WHERE id = ?1",
-            params![id, active, timestamp, valid_after(now)],
-        )
-        .map(|n| n == 1)
-    })
+) -> Result<bool> {
+    change(
+        conn,
+        "UPDATE users SET is_active = ?2, updated_at = ?3, \
+         tokens_valid_after = CASE WHEN ?2 THEN tokens_valid_after \
+                                   ELSE max(tokens_valid_after + 1, ?4) END \
+         WHERE id = ?1",
+        &[&id, &active, &timestamp, &valid_after(now)],
+    )
 }
 
 /// Whether another user (not `except`) holds this username / email.
 pub fn taken(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     username: Option<&str>,
     email: Option<&str>,
     except: Option<i64>,
-) -> rusqlite::Result<(bool, bool)> {
+) -> Result<(bool, bool)> {
     let except = except.unwrap_or(0);
-    let check = |column: &str, value: Option<&str>| -> rusqlite::Result<bool> {
-        match value {
-            None => Ok(false),
-            Some(value) => conn
+    let mut check = |column: &str, value: Option<&str>| -> Result<bool> {
+        let Some(value) = value else {
+            return Ok(false);
+        };
+        match conn {
+            Conn::Sqlite(conn) => Ok(conn
                 .prepare_cached(&format!(
                     "SELECT EXISTS (SELECT 1 FROM users WHERE {column} = ?1 AND id <> ?2)"
                 ))?
-                .query_row(params![value, except], |row| row.get(0)),
+                .query_row(params![value, except], |row| row.get(0))?),
+            Conn::Postgres(client) => Ok(client
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM users \
+                         WHERE lower({column}) = lower($1) AND id <> $2)"
+                    ),
+                    &[&value, &except],
+                )?
+                .try_get(0)?),
         }
     };
     Ok((check("username", username)?, check("email", email)?))
 }
 
 /// Every account (with the private flags), ordered by id; for the CLI.
-pub fn list_accounts(conn: &Connection) -> rusqlite::Result<Vec<Account>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users ORDER BY id"))?;
-    let rows = stmt.query_map([], account_from_row)?;
-    rows.collect()
+pub fn list_accounts(conn: &mut Conn<'_>) -> Result<Vec<Account>> {
+    let sql = format!("SELECT {COLUMNS} FROM users ORDER BY id");
+    match conn {
+        Conn::Sqlite(conn) => {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], account_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        }
+        Conn::Postgres(client) => client
+            .query(&sql, &[])?
+            .iter()
+            .map(account_from_pg)
+            .collect(),
+    }
 }
 
 /// Applies the given changes; `None` when the id is unknown.
 pub fn update(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     id: i64,
     changes: &UserChanges,
     now: &str,
-) -> rusqlite::Result<Option<User>> {
-    super::write(conn, |tx| {
-        tx.query_row(
-            &format!(
-                "UPDATE users SET \
-                 username = coalesce(?2, username), \
-                 email = coalesce(?3, email), \
-                 level = coalesce(?4, level), \
-                 status = coalesce(?5, status), \
-                 profile_picture = coalesce(?6, profile_picture), \
-                 updated_at = ?7 \
-                 WHERE id = ?1 RETURNING {COLUMNS}"
-            ),
-            params![
-                id,
-                changes.username,
-                changes.email,
-                changes.level,
-                changes.status.map(Status::as_str),
-                changes.profile_picture,
-                now
-            ],
-            account_from_row,
-        )
-        .optional()
-        .map(|account| account.map(|a| a.user))
+) -> Result<Option<User>> {
+    let sql = format!(
+        "UPDATE users SET \
+         username = coalesce(?2, username), \
+         email = coalesce(?3, email), \
+         level = coalesce(?4, level), \
+         status = coalesce(?5, status), \
+         profile_picture = coalesce(?6, profile_picture), \
+         updated_at = ?7 \
+         WHERE id = ?1 RETURNING {COLUMNS}"
+    );
+    let status = changes.status.map(Status::as_str);
+    write(conn, |conn| match conn {
+        Conn::Sqlite(tx) => Ok(tx
+            .query_row(
+                &sql,
+                params![
+                    id,
+                    changes.username,
+                    changes.email,
+                    changes.level,
+                    status,
+                    changes.profile_picture,
+                    now
+                ],
+                account_from_row,
+            )
+            .optional()?
+            .map(|a| a.user)),
+        Conn::Postgres(client) => client
+            .query_opt(
+                &pg_dialect(&sql),
+                &[
+                    &id,
+                    &changes.username,
+                    &changes.email,
+                    &changes.level,
+                    &status,
+                    &changes.profile_picture,
+                    &now,
+                ],
+            )?
+            .as_ref()
+            .map(user_from_pg)
+            .transpose(),
     })
 }
 
 /// Replaces a password hash and voids every token issued until now;
 /// `false` when the id is unknown.
 pub fn set_password_hash(
-    conn: &mut Connection,
+    conn: &mut Conn<'_>,
     id: i64,
     hash: &str,
     now: i64,
     timestamp: &str,
-) -> rusqlite::Result<bool> {
-    super::write(conn, |tx| {
-        tx.execute(
-            "UPDATE users SET password_hash = ?2, updated_at = ?3, \
-             tokens_valid_after = max(tokens_valid_after + 1, ?4) WHERE id = ?1",
-            params![id, hash, timestamp, valid_after(now)],
-        )
-        .map(|n| n == 1)
-    })
+) -> Result<bool> {
+    change(
+        conn,
+        "UPDATE users SET password_hash = ?2, updated_at = ?3, \
+         tokens_valid_after = max(tokens_valid_after + 1, ?4) WHERE id = ?1",
+        &[&id, &hash, &timestamp, &valid_after(now)],
+    )
 }
 
 /// Replaces a password hash only if it is still `old` (a login's upgrade
 /// must not overwrite a password changed meanwhile).
-pub fn upgrade_password_hash(
-    conn: &mut Connection,
-    id: i64,
-    old: &str,
-    new: &str,
-) -> rusqlite::Result<bool> {
-    super::write(conn, |tx| {
-        tx.execute(
-            "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
-            params![id, old, new],
-        )
-        .map(|n| n == 1)
-    })
+pub fn upgrade_password_hash(conn: &mut Conn<'_>, id: i64, old: &str, new: &str) -> Result<bool> {
+    change(
+        conn,
+        "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+        &[&id, &old, &new],
+    )
 }
 
 /// Deletes a user; `false` when the id is unknown.
-pub fn delete(conn: &mut Connection, id: i64) -> rusqlite::Result<bool> {
-    super::write(conn, |tx| {
-        tx.execute("DELETE FROM users WHERE id = ?1", [id])
-            .map(|n| n == 1)
-    })
+pub fn delete(conn: &mut Conn<'_>, id: i64) -> Result<bool> {
+    change(conn, "DELETE FROM users WHERE id = ?1", &[&id])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db;
     use crate::db::testing::{new_user, pool};
 
     #[test]
     fn usernames_are_unique_ignoring_case() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
-        insert(&mut conn, &new_user("Alice"), "t").unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
+        insert(conn, &new_user("Alice"), "t").unwrap();
         let mut dup = new_user("alice");
         dup.email = "other@example.com".to_owned();
-        let err = insert(&mut conn, &dup, "t").unwrap_err();
-        assert!(db::is_unique_violation(&err, "users.username"), "{err}");
-        assert!(by_username(&conn, "ALICE").unwrap().is_some());
+        let err = insert(conn, &dup, "t").unwrap_err();
+        assert!(err.is_unique_violation("users.username"), "{err}");
+        assert!(by_username(conn, "ALICE").unwrap().is_some());
     }
 
     #[test]
     fn ids_are_not_reused_after_delete() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
-        let a = insert(&mut conn, &new_user("a"), "t").unwrap();
-        assert!(delete(&mut conn, a.id).unwrap());
-        let b = insert(&mut conn, &new_user("b"), "t").unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
+        let a = insert(conn, &new_user("a"), "t").unwrap();
+        assert!(delete(conn, a.id).unwrap());
+        let b = insert(conn, &new_user("b"), "t").unwrap();
         assert!(b.id > a.id);
     }
 
     #[test]
     fn update_changes_only_given_fields() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
-        let a = insert(&mut conn, &new_user("a"), "t0").unwrap();
+        let c = pool.get().unwrap();
+        let conn = &mut crate::db::Conn::Sqlite(&c);
+        let a = insert(conn, &new_user("a"), "t0").unwrap();
         let changes = UserChanges {
             status: Some(Status::Busy),
             ..UserChanges::default()
         };
-        let updated = update(&mut conn, a.id, &changes, "t1").unwrap().unwrap();
+        let updated = update(conn, a.id, &changes, "t1").unwrap().unwrap();
         assert_eq!(updated.status, Status::Busy);
         assert_eq!(updated.username, "a");
         assert_eq!(updated.created_at, "t0");
         assert_eq!(updated.updated_at, "t1");
-        assert!(update(&mut conn, 999, &changes, "t2").unwrap().is_none());
+        assert!(update(conn, 999, &changes, "t2").unwrap().is_none());
     }
 }

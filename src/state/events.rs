@@ -224,7 +224,7 @@ impl Hub {
 
 /// The change rows after `last` as events: how many rows were read, the
 /// last row's id, and the events.
-pub fn load(conn: &rusqlite::Connection, last: i64) -> rusqlite::Result<(usize, i64, Vec<Event>)> {
+pub fn load(conn: &mut db::Conn<'_>, last: i64) -> db::Result<(usize, i64, Vec<Event>)> {
     let rows = db::events::after(conn, last, BATCH)?;
     let newest = rows.last().map_or(last, |r| r.id);
     let count = rows.len();

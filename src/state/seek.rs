@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn seek_points_find_deep_positions_and_follow_changes() {
         let (_dir, pool) = pool();
-        let mut conn = pool.get().unwrap();
+        let conn = pool.get().unwrap();
         let add = |conn: &Connection, from: i64, to: i64| {
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
@@ -110,7 +110,10 @@ mod tests {
             let users: i64 = conn
                 .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
                 .unwrap();
-            assert_eq!(count(conn, &ListQuery::default()).unwrap(), users);
+            assert_eq!(
+                count(&mut db::Conn::Sqlite(conn), &ListQuery::default()).unwrap(),
+                users
+            );
             for position in [
                 0,
                 1,
@@ -135,11 +138,11 @@ mod tests {
                     ordering,
                     ..ListQuery::default()
                 };
-                let all = page(conn, &query, 5_000, 0, seek).unwrap();
+                let all = page(&mut db::Conn::Sqlite(conn), &query, 5_000, 0, seek).unwrap();
                 for offset in [1_000, 1_234, 2_000, users - 3, users] {
                     let expected: Vec<_> =
                         all.iter().skip(offset as usize).take(7).cloned().collect();
-                    let got = page(conn, &query, 7, offset, seek).unwrap();
+                    let got = page(&mut db::Conn::Sqlite(conn), &query, 7, offset, seek).unwrap();
                     assert_eq!(got, expected, "{:?} at {offset}", query.ordering);
                 }
             }
@@ -160,7 +163,7 @@ mod tests {
         )
         .unwrap();
         check(&conn, &seek);
-        db::users::insert(&mut conn, &new_user("last"), "t").unwrap();
+        db::users::insert(&mut db::Conn::Sqlite(&conn), &new_user("last"), "t").unwrap();
         check(&conn, &seek);
     }
 }

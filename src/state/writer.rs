@@ -13,19 +13,17 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 
-use rusqlite::Connection;
-
-use crate::db::{self, shared};
+use crate::db::{self, Conn, shared};
 
 /// At most this many requests share one commit.
 const MAX_BATCH: usize = 128;
 
 /// Why a request's change did not survive although the request succeeded.
-pub type Lost = rusqlite::Error;
+pub type Lost = db::Error;
 
 /// A write request: runs with the writer's connection (or the reason there
 /// is none) and says how it went.
-pub type Job = Box<dyn FnOnce(Result<&mut Connection, &r2d2::Error>) -> Done + Send>;
+pub type Job = Box<dyn FnOnce(Result<&mut Conn<'_>, &r2d2::Error>) -> Done + Send>;
 
 /// What a [`Job`] leaves behind.
 pub struct Done {
@@ -33,7 +31,7 @@ pub struct Done {
     pub succeeded: bool,
     /// A copy of the job's database error, if it failed with one: it
     /// fails the whole batch when SQLite rolled the transaction back.
-    pub cause: Option<rusqlite::Error>,
+    pub cause: Option<db::Error>,
     /// Sends the answer: called once the outcome is known, with `Some`
     /// when the job succeeded but its change was lost after all.
     pub answer: Answer,
@@ -83,7 +81,7 @@ pub fn start(pool: &db::Pool) -> std::io::Result<Writer> {
 /// there is none).
 fn run_batch(pool: &db::Pool, batch: Vec<Job>) {
     match pool.get() {
-        Ok(mut conn) => commit_batch(&mut conn, batch),
+        Ok(mut pooled) => commit_batch(&mut pooled.conn(), batch),
         Err(err) => {
             for job in batch {
                 if let Some(done) = run_job(job, Err(&err)) {
@@ -96,13 +94,13 @@ fn run_batch(pool: &db::Pool, batch: Vec<Job>) {
 
 /// Runs `job`; `None` if it panicked (a bug: its caller sees its answer
 /// channel closed).
-fn run_job(job: Job, conn: Result<&mut Connection, &r2d2::Error>) -> Option<Done> {
+fn run_job(job: Job, conn: Result<&mut Conn<'_>, &r2d2::Error>) -> Option<Done> {
     panic::catch_unwind(AssertUnwindSafe(move || job(conn))).ok()
 }
 
 /// Runs `jobs` in as few transactions as SQLite lets it, answering each
 /// once its fate is sealed.
-fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
+fn commit_batch(conn: &mut Conn<'_>, jobs: Vec<Job>) {
     let mut waiting: Vec<Answer> = Vec::new();
     let mut open = shared::begin(conn).is_ok();
     for job in jobs {
@@ -124,7 +122,10 @@ fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
         if !shared::is_open(conn) {
             // SQLite rolled the whole transaction back (a full disk, an
             // I/O error): the changes of the jobs before this one are gone.
-            let cause = done.as_ref().and_then(|d| d.cause.as_ref()).map(copy_error);
+            let cause = done
+                .as_ref()
+                .and_then(|d| d.cause.as_ref())
+                .map(db::Error::copy);
             for answer in waiting.drain(..) {
                 answer(Some(lost(cause.as_ref())));
             }
@@ -155,7 +156,7 @@ fn commit_batch(conn: &mut Connection, jobs: Vec<Job>) {
 }
 
 /// Commits the shared transaction and answers everyone in it.
-fn commit(conn: &Connection, waiting: Vec<Answer>) {
+fn commit(conn: &mut Conn<'_>, waiting: Vec<Answer>) {
     let failure = shared::commit(conn).err();
     for answer in waiting {
         answer(failure.as_ref().map(|err| lost(Some(err))));
@@ -163,27 +164,10 @@ fn commit(conn: &Connection, waiting: Vec<Answer>) {
 }
 
 /// The error a request gets when its change was lost with its batch.
-fn lost(cause: Option<&rusqlite::Error>) -> Lost {
+fn lost(cause: Option<&db::Error>) -> Lost {
     match cause {
-        Some(err) => copy_error(err),
-        None => rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some("the transaction was rolled back".to_owned()),
-        ),
-    }
-}
-
-/// A copy of `err` (`rusqlite::Error` is not `Clone`): the same SQLite
-/// code and message, or an abort carrying the text of any other error.
-pub fn copy_error(err: &rusqlite::Error) -> rusqlite::Error {
-    match err {
-        rusqlite::Error::SqliteFailure(code, message) => {
-            rusqlite::Error::SqliteFailure(*code, message.clone())
-        }
-        other => rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(other.to_string()),
-        ),
+        Some(err) => err.copy(),
+        None => db::Error::aborted("the transaction was rolled back"),
     }
 }
 
@@ -196,7 +180,7 @@ mod tests {
     type Outcome = Result<(), String>;
 
     fn pool(dir: &std::path::Path, max_bytes: u64) -> db::Pool {
-        let pool = db::open_limited(
+        let pool = db::sqlite::open_limited(
             &db::Options {
                 path: dir.join("t.sqlite3"),
                 busy_timeout: Duration::from_secs(1),
@@ -209,7 +193,15 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE t (v TEXT NOT NULL UNIQUE)")
             .unwrap();
-        pool
+        db::Pool::Sqlite(pool)
+    }
+
+    /// The SQLite connection inside (these tests run on SQLite).
+    fn sqlite<'a>(conn: &Conn<'a>) -> &'a rusqlite::Connection {
+        match conn {
+            Conn::Sqlite(conn) => conn,
+            Conn::Postgres(_) => unreachable!("a SQLite pool"),
+        }
     }
 
     /// A job inserting `v` (through `db::write`, as the server's do),
@@ -217,9 +209,11 @@ mod tests {
     fn insert(tag: &'static str, v: String, out: mpsc::Sender<(&'static str, Outcome)>) -> Job {
         Box::new(move |conn| {
             let result = conn.map_err(|e| e.to_string()).and_then(|conn| {
-                db::write(conn, |tx| tx.execute("INSERT INTO t (v) VALUES (?1)", [&v]))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                db::write(conn, |tx| {
+                    Ok(sqlite(tx).execute("INSERT INTO t (v) VALUES (?1)", [&v])?)
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
             });
             Done {
                 succeeded: result.is_ok(),
@@ -232,6 +226,9 @@ mod tests {
     }
 
     fn rows(pool: &db::Pool) -> Vec<String> {
+        let db::Pool::Sqlite(pool) = pool else {
+            unreachable!("a SQLite pool")
+        };
         let conn = pool.get().unwrap();
         let mut statement = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
         statement
@@ -270,7 +267,8 @@ mod tests {
         writer.submit(insert("dup", "a".into(), out.clone()));
         writer.submit(Box::new(|conn| {
             let conn = conn.unwrap();
-            conn.execute("INSERT INTO t (v) VALUES ('from a panic')", [])
+            sqlite(conn)
+                .execute("INSERT INTO t (v) VALUES ('from a panic')", [])
                 .unwrap();
             panic!("a bug in a job");
         }));

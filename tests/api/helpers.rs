@@ -1,7 +1,10 @@
 //! The test harness: `spawn_app()` starts the real `run()` on a fresh SQLite
-//! file in a temp dir at `127.0.0.1:0`; `TestApp` has one helper per endpoint,
-//! `TestUser` is the account fixture, and the `assert_*` functions read
-//! replies the way API.md says every reply must look.
+//! file in a temp dir at `127.0.0.1:0` — or, when `ROSTERD_TEST_POSTGRES`
+//! names a PostgreSQL server (`tests/postgres/start.sh`), on a fresh database
+//! there: the one switch that runs the suite on both backends. `TestApp` has
+//! one helper per endpoint, `TestUser` is the account fixture, and the
+//! `assert_*` functions read replies the way API.md says every reply must
+//! look.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -26,6 +29,8 @@ pub const FAST_ITERATIONS: u32 = 1000;
 
 /// A running server and what is needed to poke at it.
 pub struct TestApp {
+    /// The PostgreSQL database's URL, when the suite runs there.
+    pub database_url: Option<String>,
     pub addr: SocketAddr,
     pub base_url: String,
     pub db_path: PathBuf,
@@ -57,12 +62,93 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     config.auth.pbkdf2_iterations = FAST_ITERATIONS;
     config.rate_limit.enabled = false;
     config.database.path = Some(dir.path().join("rosterd.sqlite3"));
+    config.database.url = postgres::fresh_database().map(Secret::new);
     customize(&mut config);
     start(dir, config).await
 }
 
+/// Whether the suite runs on PostgreSQL (`ROSTERD_TEST_POSTGRES`).
+pub fn on_postgres() -> bool {
+    postgres::server().is_some()
+}
+
+/// Skips (returns from) a test that checks something only the SQLite file
+/// has (its WAL, its pragmas, a file to corrupt or back up), when the suite
+/// runs on PostgreSQL.
+#[macro_export]
+macro_rules! sqlite_only {
+    () => {
+        if $crate::helpers::on_postgres() {
+            eprintln!("skipped on PostgreSQL: about the SQLite file");
+            return;
+        }
+    };
+}
+
+/// The PostgreSQL side of the harness: a database per server, and plain
+/// statements for the checks. The blocking client runs on its own thread
+/// (it refuses to run inside the tests' async runtime).
+pub mod postgres {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The server named by `ROSTERD_TEST_POSTGRES` (a superuser URL).
+    pub fn server() -> Option<String> {
+        std::env::var("ROSTERD_TEST_POSTGRES")
+            .ok()
+            .filter(|url| !url.is_empty())
+    }
+
+    /// Runs `f` with a session to `url` on a thread of its own.
+    pub fn with<T: Send>(url: &str, f: impl FnOnce(&mut ::postgres::Client) -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut client = ::postgres::Client::connect(url, ::postgres::NoTls)
+                        .unwrap_or_else(|err| panic!("cannot connect to {url}: {err}"));
+                    f(&mut client)
+                })
+                .join()
+                .expect("the PostgreSQL helper thread panicked")
+        })
+    }
+
+    /// A new, empty database on the test server, as a URL; `None` on SQLite.
+    pub fn fresh_database() -> Option<String> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let server = server()?;
+        let name = format!(
+            "rosterd_{}_{}_{:08x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        with(&server, |client| {
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create a test database")
+        });
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base);
+        Some(format!("{base}/{name}"))
+    }
+
+    /// SQLite's test statements in PostgreSQL's words: `?N` parameters,
+    /// 0/1 for the boolean columns.
+    pub fn dialect(sql: &str) -> String {
+        let mut out = sql.replace('?', "$");
+        for column in ["is_staff", "is_active"] {
+            out = out
+                .replace(&format!("{column} = 1"), &format!("{column} = true"))
+                .replace(&format!("{column} = 0"), &format!("{column} = false"));
+        }
+        out
+    }
+}
+
 async fn start(dir: TempDir, config: Config) -> TestApp {
     let db_path = config.database.path.clone().expect("database.path is set");
+    let database_url = config.database.url.as_ref().map(|u| u.expose().to_owned());
     let state = rosterd::AppState::new(config.clone()).expect("AppState::new");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -73,6 +159,7 @@ async fn start(dir: TempDir, config: Config) -> TestApp {
         let _ = rx.await;
     }));
     TestApp {
+        database_url,
         addr,
         base_url: format!("http://{addr}"),
         db_path,
@@ -236,8 +323,13 @@ impl TestApp {
         created
     }
 
-    /// A connection to the server's SQLite file.
+    /// A connection to the server's SQLite file (tests about the file:
+    /// they start with `sqlite_only!()`).
     pub fn db(&self) -> rusqlite::Connection {
+        assert!(
+            self.database_url.is_none(),
+            "a SQLite-only check ran on PostgreSQL: start the test with sqlite_only!()"
+        );
         let conn = rusqlite::Connection::open(&self.db_path).expect("open the database");
         conn.busy_timeout(Duration::from_secs(10))
             .expect("busy timeout");
@@ -246,18 +338,83 @@ impl TestApp {
 
     /// Runs one statement with the user id as `?1`; asserts it hit a row.
     pub fn exec(&self, sql: &str, id: i64) {
-        let changed = self.db().execute(sql, [id]).expect(sql);
+        let changed = match &self.database_url {
+            Some(url) => postgres::with(url, |client| {
+                client.execute(&postgres::dialect(sql), &[&id]).expect(sql) as usize
+            }),
+            None => self.db().execute(sql, [id]).expect(sql),
+        };
         assert_eq!(changed, 1, "{sql} with id {id}");
     }
 
+    /// Runs one statement without parameters (SQLite's words); how many
+    /// rows it changed.
+    pub fn sql(&self, sql: &str) -> usize {
+        match &self.database_url {
+            Some(url) => postgres::with(url, |client| {
+                client.execute(&postgres::dialect(sql), &[]).expect(sql) as usize
+            }),
+            None => self.db().execute(sql, []).expect(sql),
+        }
+    }
+
+    /// The count a `SELECT count(*) ...` with one text parameter `?1`
+    /// answers.
+    pub fn count(&self, sql: &str, param: &str) -> i64 {
+        match &self.database_url {
+            Some(url) => postgres::with(url, |client| {
+                client
+                    .query_one(&postgres::dialect(sql), &[&param])
+                    .expect(sql)
+                    .get(0)
+            }),
+            None => self
+                .db()
+                .query_row(sql, [param], |row| row.get(0))
+                .expect(sql),
+        }
+    }
+
+    /// The flags that point the command line at this server's database.
+    pub fn database_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.database_url {
+            Some(url) => vec!["--database-url".into(), url.into()],
+            None => vec!["--db".into(), self.db_path.clone().into()],
+        }
+    }
+
     pub fn user_count(&self) -> i64 {
+        if let Some(url) = &self.database_url {
+            return postgres::with(url, |client| {
+                client
+                    .query_one("SELECT count(*) FROM users", &[])
+                    .expect("count users")
+                    .get(0)
+            });
+        }
         self.db()
             .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
             .expect("count users")
     }
 
-    /// One column of one user row, as JSON (null when the row is gone).
+    /// One column of one user row, as JSON (null when the row is gone;
+    /// PostgreSQL's booleans as SQLite's 0 and 1).
     pub fn column(&self, id: i64, column: &str) -> Value {
+        if let Some(url) = &self.database_url {
+            let sql = format!("SELECT {column} FROM users WHERE id = $1");
+            return postgres::with(url, |client| {
+                let Some(row) = client.query_opt(&sql, &[&id]).expect(&sql) else {
+                    return Value::Null;
+                };
+                if let Ok(value) = row.try_get::<_, Option<i64>>(0) {
+                    return json!(value);
+                }
+                if let Ok(value) = row.try_get::<_, Option<bool>>(0) {
+                    return json!(value.map(i64::from));
+                }
+                json!(row.get::<_, Option<String>>(0))
+            });
+        }
         let sql = format!("SELECT {column} FROM users WHERE id = ?1");
         let value: Option<rusqlite::types::Value> = self
             .db()
@@ -668,6 +825,38 @@ impl TestApp {
     /// Inserts `users` in one transaction; returns them as the API must
     /// render them, in insertion (= id) order.
     pub fn seed_users(&self, users: &[SeedUser]) -> Vec<Value> {
+        if let Some(url) = &self.database_url {
+            return postgres::with(url, |client| {
+                let mut tx = client.transaction().expect("begin");
+                let insert = tx
+                    .prepare(
+                        "INSERT INTO users (username, email, password_hash, level, status, \
+                         profile_picture, is_staff, is_active, created_at, updated_at) \
+                         VALUES ($1, $2, 'x', $3, $4, '', false, true, $5, $6) RETURNING id",
+                    )
+                    .expect("prepare the insert");
+                let mut rendered = Vec::with_capacity(users.len());
+                for u in users {
+                    let id: i64 = tx
+                        .query_one(
+                            &insert,
+                            &[
+                                &u.username,
+                                &u.email,
+                                &u.level,
+                                &u.status,
+                                &u.created_at,
+                                &u.updated_at,
+                            ],
+                        )
+                        .expect("insert a seed user")
+                        .get(0);
+                    rendered.push(u.json(id));
+                }
+                tx.commit().expect("commit the seed users");
+                rendered
+            });
+        }
         let mut conn = self.db();
         let tx = conn.transaction().expect("begin");
         let mut rendered = Vec::with_capacity(users.len());
@@ -733,6 +922,35 @@ impl TestApp {
     /// a stable order: equal before and after a request that must change
     /// nothing.
     pub fn db_snapshot(&self) -> Vec<String> {
+        if let Some(url) = &self.database_url {
+            // `nodes` is each server's heartbeat, not data.
+            return postgres::with(url, |client| {
+                let tables: Vec<String> = client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables \
+                         WHERE table_schema = 'public' AND table_name <> 'nodes' \
+                         ORDER BY table_name",
+                        &[],
+                    )
+                    .expect("list tables")
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                let mut rows = Vec::new();
+                for table in tables {
+                    let sql = format!("SELECT t::text FROM \"{table}\" t");
+                    let mut table_rows: Vec<String> = client
+                        .query(&sql, &[])
+                        .expect(&sql)
+                        .iter()
+                        .map(|row| format!("{table}: {}", row.get::<_, String>(0)))
+                        .collect();
+                    table_rows.sort();
+                    rows.extend(table_rows);
+                }
+                rows
+            });
+        }
         let conn = self.db();
         let tables: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")

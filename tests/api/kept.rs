@@ -42,8 +42,7 @@ fn rosterd(app: &TestApp, args: &[&str]) {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", &home)
-        .arg("--db")
-        .arg(&app.db_path)
+        .args(app.database_args())
         .args(args)
         .timeout(Duration::from_secs(20))
         .assert()
@@ -99,8 +98,13 @@ async fn the_caller_deactivated_or_voided_beside_the_server_is_refused_at_once()
     assert_eq!(level_of(&app, other, &access).await, json!(1));
     expect_json(app.refresh(&refresh).await, StatusCode::OK).await;
 
+    let now = if app.database_url.is_some() {
+        "extract(epoch from now())::bigint"
+    } else {
+        "strftime('%s', 'now')"
+    };
     app.exec(
-        "UPDATE users SET tokens_valid_after = strftime('%s', 'now') + 5 WHERE id = ?1",
+        &format!("UPDATE users SET tokens_valid_after = {now} + 5 WHERE id = ?1"),
         id,
     );
     assert_401(
@@ -127,17 +131,12 @@ async fn a_refresh_token_blacklisted_beside_the_server_is_refused_at_once() {
         .unwrap(),
     )
     .unwrap();
-    app.db()
-        .execute(
-            "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, revoked)
-             VALUES (?1, ?2, ?1, ?3, 1)",
-            rusqlite::params![
-                claims["jti"].as_str().unwrap(),
-                id,
-                claims["exp"].as_i64().unwrap()
-            ],
-        )
-        .unwrap();
+    app.sql(&format!(
+        "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, revoked)
+         VALUES ('{jti}', {id}, '{jti}', {exp}, true)",
+        jti = claims["jti"].as_str().unwrap(),
+        exp = claims["exp"].as_i64().unwrap()
+    ));
     assert_401(app.refresh(&refresh).await, bad_token(BLACKLISTED)).await;
 }
 

@@ -620,10 +620,7 @@ async fn deep_pages_by_id_stay_right_across_deletes_and_registrations() {
     };
     check(all.clone()).await;
 
-    let deleted = app
-        .db()
-        .execute("DELETE FROM users WHERE id % 9 = 4", [])
-        .expect("delete");
+    let deleted = app.sql("DELETE FROM users WHERE id % 9 = 4");
     assert!(deleted > 200);
     all.retain(|u| u["id"].as_i64().expect("id") % 9 != 4);
     check(all.clone()).await;
@@ -673,9 +670,7 @@ async fn a_page_asked_again_follows_every_change_to_users() {
         (json!("busy"), json!(4))
     );
 
-    let db = app.db();
-    db.execute("UPDATE users SET level = 6 WHERE id = ?1", [caller - 3])
-        .expect("update");
+    app.exec("UPDATE users SET level = 6 WHERE id = ?1", caller - 3);
     let page = check("after an UPDATE elsewhere").await;
     assert_eq!(page.body[3]["level"], 6);
 
@@ -683,8 +678,7 @@ async fn a_page_asked_again_follows_every_change_to_users() {
     let page = check("after an INSERT elsewhere").await;
     assert_eq!(page.body[0], added[0]);
 
-    db.execute("DELETE FROM users WHERE id = ?1", [caller - 1])
-        .expect("delete");
+    app.exec("DELETE FROM users WHERE id = ?1", caller - 1);
     let page = check("after a DELETE elsewhere").await;
     assert!(!page.ids().contains(&(caller - 1)));
 }

@@ -100,7 +100,10 @@ async fn serve(site: &Site) -> TestApp {
         .expect("signing_key")
         .to_owned();
     let db = site.path("d.sqlite3");
+    // `import` writes into a SQLite file: the server serves that file, on
+    // either backend's run of the suite.
     spawn_app_with(move |c| {
+        c.database.url = None;
         c.database.path = Some(db);
         c.auth.secret = rosterd::config::Secret::new(key);
     })

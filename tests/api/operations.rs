@@ -199,14 +199,7 @@ fn chunked_registration(body: &str) -> Vec<u8> {
 }
 
 fn username_exists(app: &TestApp, name: &str) -> bool {
-    app.db()
-        .query_row(
-            "SELECT count(*) FROM users WHERE username = ?1",
-            [name],
-            |r| r.get::<_, i64>(0),
-        )
-        .expect("count")
-        > 0
+    app.count("SELECT count(*) FROM users WHERE username = ?1", name) > 0
 }
 
 fn integrity(path: &Path) -> String {
@@ -670,6 +663,7 @@ async fn a_request_head_over_max_header_bytes_is_refused_and_the_server_lives_on
 
 #[tokio::test]
 async fn a_full_database_answers_507_to_writes_while_reads_go_on() {
+    crate::sqlite_only!();
     let app = spawn_app_with(|c| c.database.max_size = 256 * 1024).await;
     let first = TestUser::generate();
     let (id, access, _) = app.create_user(&first).await;
@@ -948,6 +942,7 @@ enum Write {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_under_concurrent_writes_holds_every_write_acknowledged_before_it_started() {
+    crate::sqlite_only!();
     let app = Arc::new(spawn_app().await);
     app.seed_users(&seed(3000, "bulk"));
     let (me, access, _) = app.create_user(&TestUser::generate()).await;

@@ -156,6 +156,7 @@ async fn assert_429(resp: Response, what: &str) {
 /// its own user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logins_racing_a_password_change_mint_no_token_that_outlives_it() {
+    crate::sqlite_only!();
     let _serial = one_at_a_time().await;
     let app = Arc::new(default_cost_app(|_| {}).await);
     let mut survivors = Vec::new();
@@ -249,6 +250,7 @@ async fn logins_racing_a_password_change_mint_no_token_that_outlives_it() {
 /// every 20 ms each); the lock goes at .850 of a later second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refreshes_racing_a_logout_all_mint_no_access_token_that_outlives_it() {
+    crate::sqlite_only!();
     let _serial = one_at_a_time().await;
     let app = Arc::new(default_cost_app(|_| {}).await);
     let (_, access, refresh) = app.create_user(&TestUser::generate()).await;
@@ -898,6 +900,7 @@ async fn verify_refuses_a_refresh_token_retired_by_rotation_after_the_grace_wind
 /// one gets the next id), then one that clashes on an id.
 #[tokio::test]
 async fn an_outside_insert_or_replace_keeps_the_count_and_deep_pages_right() {
+    crate::sqlite_only!();
     let _serial = one_at_a_time().await;
     let app = spawn_app().await;
     let (_, access, _) = app.create_user(&TestUser::generate()).await;

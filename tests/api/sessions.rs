@@ -140,6 +140,17 @@ type TokenRow = (i64, String, i64, Option<i64>, i64);
 fn token_row(app: &TestApp, token: &str) -> Option<TokenRow> {
     let sql = "SELECT user_id, family, expires_at, retired_at, revoked \
                FROM refresh_tokens WHERE jti = ?1";
+    if let Some(url) = &app.database_url {
+        let sql = sql
+            .replace("?1", "$1")
+            .replace("revoked FROM", "revoked::int::int8 FROM");
+        return crate::helpers::postgres::with(url, |client| {
+            client
+                .query_opt(&sql, &[&jti(token)])
+                .expect(&sql)
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        });
+    }
     app.db()
         .query_row(sql, [jti(token)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -153,9 +164,7 @@ fn token_row(app: &TestApp, token: &str) -> Option<TokenRow> {
 }
 
 fn token_rows(app: &TestApp) -> i64 {
-    app.db()
-        .query_row("SELECT count(*) FROM refresh_tokens", [], |r| r.get(0))
-        .expect("count refresh_tokens")
+    app.count("SELECT count(*) FROM refresh_tokens WHERE ?1 = ?1", "")
 }
 
 // --- POST /api/token/verify -----------------------------------------------
@@ -528,8 +537,7 @@ fn rosterd(app: &TestApp, args: &[&str], stdin: &str) -> String {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", &home)
         .env("ROSTERD_AUTH_PBKDF2_ITERATIONS", "1000")
-        .arg("--db")
-        .arg(&app.db_path)
+        .args(app.database_args())
         .args(args)
         .write_stdin(stdin)
         .timeout(Duration::from_secs(20))

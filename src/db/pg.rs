@@ -1,0 +1,374 @@
+//! PostgreSQL: sessions through the `postgres` crate (tokio-postgres's
+//! blocking client: it runs where SQLite's calls run, on the blocking pool
+//! and the writer thread, behind the same closures), pooled by r2d2, each
+//! with its prepared statements; and the migrations of `schema.pg.sql`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{NoTls, Row, Statement};
+
+use super::Trouble;
+
+/// The pool of sessions, and where they go (for the session that
+/// listens).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    sessions: r2d2::Pool<Manager>,
+    config: postgres::Config,
+}
+
+impl Pool {
+    /// A pooled session, waiting at most the pool's timeout.
+    pub fn get(&self) -> Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
+        self.sessions.get()
+    }
+}
+
+/// Parameters of a statement.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Where the server is and how many sessions to keep.
+#[derive(Clone)]
+pub struct Options {
+    /// `postgres://user:password@host:port/database?sslmode=...`; the
+    /// password never reaches a log or an error.
+    pub url: String,
+    /// Pooled sessions.
+    pub pool_size: u32,
+    /// How long to wait for a session.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &shown(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn shown(url: &str) -> String {
+    match url.parse::<postgres::Config>() {
+        Ok(config) => {
+            let host = match config.get_hosts().first() {
+                Some(postgres::config::Host::Tcp(host)) => host.clone(),
+                #[cfg(unix)]
+                Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+                None => "localhost".to_owned(),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "postgres://{}@{host}:{port}/{}",
+                config.get_user().unwrap_or(""),
+                config.get_dbname().unwrap_or("")
+            )
+        }
+        Err(_) => "postgres://(unreadable URL)".to_owned(),
+    }
+}
+
+/// A session and the statements it prepared (each statement is parsed
+/// once per session, not once per request).
+pub struct Client {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+    in_transaction: bool,
+}
+
+/// At most this many prepared statements a session keeps (listings make
+/// one per filter and order); past it the cache starts over.
+const MAX_STATEMENTS: usize = 256;
+
+impl Client {
+    fn new(client: postgres::Client) -> Client {
+        Client {
+            client,
+            statements: HashMap::new(),
+            in_transaction: false,
+        }
+    }
+
+    fn statement(&mut self, sql: &str) -> super::Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// The rows `sql` returns.
+    pub fn query(&mut self, sql: &str, params: Params<'_>) -> super::Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query(&statement, params)?)
+    }
+
+    /// The one row `sql` returns, if any.
+    pub fn query_opt(&mut self, sql: &str, params: Params<'_>) -> super::Result<Option<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query_opt(&statement, params)?)
+    }
+
+    /// The one row `sql` returns.
+    pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> super::Result<Row> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query_one(&statement, params)?)
+    }
+
+    /// How many rows `sql` changed.
+    pub fn execute(&mut self, sql: &str, params: Params<'_>) -> super::Result<u64> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.execute(&statement, params)?)
+    }
+
+    /// Runs a transaction-control statement, keeping track of whether a
+    /// transaction is open (the protocol's own flag is not exposed).
+    pub fn control(&mut self, sql: &str) -> super::Result<()> {
+        let result = self.client.batch_execute(sql);
+        match sql {
+            "BEGIN" => self.in_transaction = result.is_ok(),
+            "COMMIT" | "ROLLBACK" => self.in_transaction = false,
+            _ => {}
+        }
+        Ok(result?)
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction && !self.client.is_closed()
+    }
+
+    /// The blocking client itself, for what is not a plain statement
+    /// (`COPY`, notifications).
+    pub fn raw(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+/// Makes sessions for the pool; a session that broke, or came back inside
+/// a transaction, is dropped instead of lent out again.
+#[derive(Debug)]
+pub struct Manager {
+    config: postgres::Config,
+}
+
+impl Manager {
+    /// A session to the configured server.
+    pub fn connect(&self) -> Result<Client, postgres::Error> {
+        Ok(Client::new(self.config.connect(NoTls)?))
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        Manager::connect(self)
+    }
+
+    fn is_valid(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        client.client.simple_query("").map(drop)
+    }
+
+    fn has_broken(&self, client: &mut Client) -> bool {
+        client.client.is_closed() || client.in_transaction
+    }
+}
+
+/// The schema, embedded: `-- migration N` blocks applied in order.
+const SCHEMA: &str = include_str!("../../schema.pg.sql");
+
+/// The schema version this binary writes on PostgreSQL.
+pub fn latest_version() -> i64 {
+    super::sqlite::blocks(SCHEMA).len() as i64
+}
+
+/// Reads the URL (a bad one is named without its password).
+pub fn config(url: &str) -> anyhow::Result<postgres::Config> {
+    url.parse::<postgres::Config>()
+        .map_err(|err| anyhow::anyhow!("database.url is not a PostgreSQL URL ({err})"))
+}
+
+/// Connects, refuses a schema from a newer rosterd, applies pending
+/// migrations (one node at a time: under an advisory lock) and returns
+/// the pool. Runs on a thread of its own: the blocking client refuses to
+/// run on an async worker, where a server starts.
+pub fn open(options: &Options) -> anyhow::Result<Pool> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| open_here(options))
+            .join()
+            .unwrap_or_else(|_| bail!("opening the PostgreSQL database panicked"))
+    })
+}
+
+fn open_here(options: &Options) -> anyhow::Result<Pool> {
+    let mut config = config(&options.url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.timeout);
+    }
+    let manager = Manager {
+        config: config.clone(),
+    };
+    let shown = shown(&options.url);
+    let mut client = manager
+        .connect()
+        .with_context(|| format!("cannot connect to {shown}"))?;
+    migrate(&mut client.client).with_context(|| format!("cannot migrate {shown}"))?;
+    drop(client);
+    let sessions = r2d2::Pool::builder()
+        .max_size(options.pool_size)
+        .min_idle(Some(1))
+        .test_on_check_out(false)
+        .connection_timeout(options.timeout.max(Duration::from_secs(1)))
+        .build(manager)
+        .with_context(|| format!("cannot connect to {shown}"))?;
+    Ok(Pool { sessions, config })
+}
+
+/// Calls `wake` whenever a change commits on any node (`NOTIFY
+/// rosterd_events`, sent by the trigger that writes each event row), on a
+/// thread of its own with its own session, until `stop` says so. A lost
+/// session is opened again every second; the stream's poll covers the gap.
+pub fn listen(
+    pool: &Pool,
+    wake: impl Fn() + Send + 'static,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    use postgres::fallible_iterator::FallibleIterator;
+    use std::sync::atomic::Ordering;
+    let config = pool.config.clone();
+    std::thread::Builder::new()
+        .name("rosterd-listen".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut client = match config.connect(NoTls) {
+                    Ok(client) => client,
+                    Err(err) => {
+                        tracing::warn!(%err, "events: cannot LISTEN; retrying in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                if let Err(err) = client.batch_execute("LISTEN rosterd_events") {
+                    tracing::warn!(%err, "events: cannot LISTEN; retrying in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                // Changes made while no session listened are read now.
+                wake();
+                let mut notifications = client.notifications();
+                let mut waiting = notifications.timeout_iter(Duration::from_millis(500));
+                while !stop.load(Ordering::Relaxed) {
+                    match waiting.next() {
+                        Ok(Some(_)) => wake(),
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::warn!(%err, "events: the LISTEN session broke");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// The advisory lock key that serializes migrations across nodes.
+const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"rosterd\0");
+
+fn migrate(client: &mut postgres::Client) -> anyhow::Result<()> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = migrate_locked(client);
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result
+}
+
+fn migrate_locked(client: &mut postgres::Client) -> anyhow::Result<()> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rosterd_schema (
+             one     INTEGER PRIMARY KEY CHECK (one = 1),
+             version BIGINT  NOT NULL
+         );
+         INSERT INTO rosterd_schema (one, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+    )?;
+    let current = version(client)?;
+    let latest = latest_version();
+    if current > latest {
+        bail!(
+            "the database has schema version {current}, newer than this rosterd knows \
+             ({latest}): it was written by a newer rosterd. Run that version; nothing was changed"
+        );
+    }
+    for (index, sql) in super::sqlite::blocks(SCHEMA).iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)
+            .with_context(|| format!("migration {version} failed"))?;
+        tx.execute(
+            "UPDATE rosterd_schema SET version = $1 WHERE one = 1",
+            &[&version],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The schema version recorded in the database.
+pub fn version(client: &mut postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one("SELECT version FROM rosterd_schema WHERE one = 1", &[])?
+        .try_get(0)?)
+}
+
+/// The unique index behind each `table.column` the API reports on.
+fn unique_index(table_column: &str) -> Option<&'static str> {
+    match table_column {
+        "users.username" => Some("users_username_unique"),
+        "users.email" => Some("users_email_unique"),
+        _ => None,
+    }
+}
+
+/// Whether `err` is a UNIQUE violation on `table.column`.
+pub fn is_unique_violation(err: &postgres::Error, table_column: &str) -> bool {
+    let Some(db) = err.as_db_error() else {
+        return false;
+    };
+    *db.code() == SqlState::UNIQUE_VIOLATION
+        && db.constraint().is_some() == unique_index(table_column).is_some()
+        && db.constraint() == unique_index(table_column)
+}
+
+/// See [`Trouble`]: a lost or refused session, a serialization failure
+/// or a deadlock is worth a retry; a full disk is 507.
+pub fn trouble(err: &postgres::Error) -> Trouble {
+    match err.code() {
+        Some(code) if *code == SqlState::DISK_FULL => Trouble::Full,
+        Some(code)
+            if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            Trouble::Busy
+        }
+        None if err.is_closed() => Trouble::Busy,
+        _ => Trouble::Other,
+    }
+}
