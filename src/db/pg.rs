@@ -18,7 +18,7 @@ use super::Trouble;
 #[derive(Debug, Clone)]
 pub struct Pool {
     sessions: r2d2::Pool<Manager>,
-    config: postgres::Config,
+    config: std::sync::Arc<postgres::Config>,
 }
 
 impl Pool {
@@ -233,7 +233,10 @@ fn open_here(options: &Options) -> anyhow::Result<Pool> {
         .connection_timeout(options.timeout.max(Duration::from_secs(1)))
         .build(manager)
         .with_context(|| format!("cannot connect to {shown}"))?;
-    Ok(Pool { sessions, config })
+    Ok(Pool {
+        sessions,
+        config: std::sync::Arc::new(config),
+    })
 }
 
 /// Calls `wake` whenever a change commits on any node (`NOTIFY
@@ -247,7 +250,7 @@ pub fn listen(
 ) -> std::io::Result<()> {
     use postgres::fallible_iterator::FallibleIterator;
     use std::sync::atomic::Ordering;
-    let config = pool.config.clone();
+    let config = postgres::Config::clone(&pool.config);
     std::thread::Builder::new()
         .name("rosterd-listen".into())
         .spawn(move || {
