@@ -15,14 +15,14 @@ use crate::operations::{Site, seed};
 
 /// One event as a client sees it.
 #[derive(Debug, Clone, PartialEq)]
-struct Received {
-    event: String,
+pub(crate) struct Received {
+    pub(crate) event: String,
     id: Option<i64>,
-    data: Value,
+    pub(crate) data: Value,
 }
 
 /// An open stream, read as an `EventSource` would.
-struct Stream {
+pub(crate) struct Stream {
     response: reqwest::Response,
     buffer: String,
 }
@@ -30,7 +30,7 @@ struct Stream {
 impl Stream {
     /// The next event within `within`; `None` when the stream ended or
     /// nothing came.
-    async fn next(&mut self, within: Duration) -> Option<Received> {
+    pub(crate) async fn next(&mut self, within: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -66,7 +66,7 @@ impl Stream {
     }
 
     /// Events until one of `kind` arrives (within `within`).
-    async fn until(&mut self, kind: &str, within: Duration) -> Vec<Received> {
+    pub(crate) async fn until(&mut self, kind: &str, within: Duration) -> Vec<Received> {
         let mut seen = Vec::new();
         while let Some(event) = self.next(within).await {
             let done = event.event == kind;
@@ -84,7 +84,7 @@ impl Stream {
 
     /// Whether the server ended the stream within `within` (events before
     /// the end are skipped).
-    async fn ends(&mut self, within: Duration) -> bool {
+    pub(crate) async fn ends(&mut self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.response.chunk()).await {
@@ -96,7 +96,7 @@ impl Stream {
     }
 }
 
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -122,7 +122,7 @@ async fn open(
     request.send().await.expect("GET /api/events")
 }
 
-async fn stream(app: &TestApp, query: &str, token: &str) -> Stream {
+pub(crate) async fn stream(app: &TestApp, query: &str, token: &str) -> Stream {
     let response = open(&app.base_url, query, Some(token), &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
     Stream {
@@ -135,7 +135,7 @@ fn quick_grace() -> impl FnOnce(&mut rosterd::config::Config) {
     |c| c.presence.grace_seconds = 1
 }
 
-async fn status_of(app: &TestApp, id: i64, token: &str) -> String {
+pub(crate) async fn status_of(app: &TestApp, id: i64, token: &str) -> String {
     let body = expect_json(app.get_user(id, token).await, StatusCode::OK).await;
     body["status"].as_str().expect("status").to_owned()
 }

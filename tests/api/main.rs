@@ -15,6 +15,7 @@ mod keys;
 mod lifecycle;
 mod listing;
 mod moving_in;
+mod nodes;
 mod operations;
 mod races;
 mod sessions;

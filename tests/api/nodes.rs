@@ -1,0 +1,241 @@
+//! Several nodes on one PostgreSQL database (run when the suite runs on
+//! PostgreSQL: `ROSTERD_TEST_POSTGRES`): two real servers share a database,
+//! a revocation made through one is honoured by the other at its next
+//! request, a change made through one reaches the streams of the other,
+//! presence counts the streams of both, and a node that dies leaves nobody
+//! online.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use rosterd::config::{Config, Secret};
+use serde_json::json;
+
+use crate::events::{WAIT, status_of, stream};
+use crate::helpers::{
+    TestApp, TestUser, assert_401, bad_access_token, bad_token, expect_json, on_postgres,
+    spawn_app_with,
+};
+
+/// Two servers on one fresh PostgreSQL database (`None` on SQLite).
+async fn two_nodes(customize: fn(&mut Config)) -> Option<(TestApp, TestApp)> {
+    if !on_postgres() {
+        eprintln!("skipped: several nodes need PostgreSQL (ROSTERD_TEST_POSTGRES)");
+        return None;
+    }
+    let a = spawn_app_with(customize).await;
+    let url = a.database_url.clone().expect("a PostgreSQL database");
+    let b = spawn_app_with(move |c| {
+        customize(c);
+        c.database.url = Some(Secret::new(url));
+    })
+    .await;
+    Some((a, b))
+}
+
+fn plain(_: &mut Config) {}
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> StatusCode {
+    app.send(Method::POST, path, token, Some(&body))
+        .await
+        .status()
+}
+
+const BLACKLISTED: &str = "Token is blacklisted";
+
+#[tokio::test]
+async fn a_revocation_on_one_node_is_honoured_by_the_other_at_once() {
+    let Some((a, b)) = two_nodes(plain).await else {
+        return;
+    };
+    // Registered on A, read on B.
+    let user = TestUser::generate();
+    let (id, access, refresh) = a.create_user(&user).await;
+    expect_json(b.get_me(&access).await, StatusCode::OK).await;
+
+    // Log out everywhere on B: A refuses the tokens at its next request.
+    assert_eq!(
+        post(&b, "/api/users/me/logout-all", Some(&access), json!({})).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_401(a.get_me(&access).await, bad_access_token(BLACKLISTED)).await;
+    assert_eq!(a.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
+
+    // A password change on A voids the tokens B sees.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let login = expect_json(
+        b.login(&user.username, &user.password).await,
+        StatusCode::OK,
+    )
+    .await;
+    let access = login["access"].as_str().expect("access").to_owned();
+    let refresh = login["refresh"].as_str().expect("refresh").to_owned();
+    let new_password = format!("{}-and-more", user.password);
+    assert_eq!(
+        post(
+            &a,
+            "/api/users/me/password",
+            Some(&access),
+            json!({"old_password": user.password, "new_password": new_password}),
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    assert_401(b.get_me(&access).await, bad_access_token(BLACKLISTED)).await;
+    assert_eq!(b.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
+
+    // A refresh token blacklisted on B is refused by A.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let login = expect_json(a.login(&user.username, &new_password).await, StatusCode::OK).await;
+    let refresh = login["refresh"].as_str().expect("refresh").to_owned();
+    let access = login["access"].as_str().expect("access").to_owned();
+    assert_eq!(
+        post(
+            &b,
+            "/api/token/blacklist",
+            None,
+            json!({"refresh": refresh})
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_401(a.refresh(&refresh).await, bad_token(BLACKLISTED)).await;
+
+    // Deactivated by staff on A: B refuses the user's token and login.
+    let (_, staff, _) = a.create_staff().await;
+    assert_eq!(
+        post(
+            &a,
+            &format!("/api/users/{id}/deactivate"),
+            Some(&staff),
+            json!({})
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(b.get_me(&access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        b.login(&user.username, &new_password).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Deleted on B: A answers as for a user that never was.
+    let other = TestUser::generate();
+    let (other_id, other_access, _) = b.create_user(&other).await;
+    expect_json(a.get_me(&other_access).await, StatusCode::OK).await;
+    assert_eq!(
+        b.delete_user(other_id, &other_access).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        a.get_me(&other_access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Names stay unique across nodes, ignoring case.
+    let clash = a
+        .register(
+            &user.username.to_uppercase(),
+            "another@example.com",
+            "correct-horse-9",
+        )
+        .await;
+    assert_eq!(clash.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_change_on_one_node_reaches_the_streams_of_the_other() {
+    let Some((a, b)) = two_nodes(plain).await else {
+        return;
+    };
+    let (_, watcher, _) = b.create_user(&TestUser::generate()).await;
+    let mut events = stream(&b, "?presence=false", &watcher).await;
+    events.until("ready", WAIT).await;
+
+    let (id, access, _) = a.create_user(&TestUser::generate()).await;
+    let created = events.until("user.created", WAIT).await;
+    assert_eq!(created.last().expect("event").data["id"], id);
+    let patched = expect_json(
+        a.patch_user(id, &access, &json!({"level": 7})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let updated = events.until("user.updated", WAIT).await;
+    assert_eq!(updated.last().expect("event").data, patched);
+    assert_eq!(
+        a.delete_user(id, &access).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let deleted = events.until("user.deleted", WAIT).await;
+    assert_eq!(deleted.last().expect("event").data, json!({"id": id}));
+}
+
+fn quick_grace(c: &mut Config) {
+    c.presence.grace_seconds = 1;
+}
+
+#[tokio::test]
+async fn presence_counts_the_streams_of_every_node() {
+    let Some((a, b)) = two_nodes(quick_grace).await else {
+        return;
+    };
+    let (id, access, _) = a.create_user(&TestUser::generate()).await;
+    let mut on_a = stream(&a, "", &access).await;
+    on_a.until("ready", WAIT).await;
+    let mut on_b = stream(&b, "", &access).await;
+    on_b.until("ready", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&b, id, &access).await, "online");
+
+    drop(on_a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        status_of(&a, id, &access).await,
+        "online",
+        "a stream is still open on the other node"
+    );
+    drop(on_b);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status_of(&a, id, &access).await, "offline");
+}
+
+/// A node that died (it stopped beating) leaves its users online only
+/// until a live node notices: its presence rows go, and its users go
+/// offline unless a stream of theirs is open elsewhere.
+#[tokio::test]
+async fn a_node_that_dies_leaves_nobody_online() {
+    let Some((a, b)) = two_nodes(quick_grace).await else {
+        return;
+    };
+    let (gone, gone_access, _) = a.create_user(&TestUser::generate()).await;
+    let (kept, kept_access, _) = a.create_user(&TestUser::generate()).await;
+    let mut kept_stream = stream(&b, "", &kept_access).await;
+    kept_stream.until("ready", WAIT).await;
+    // What a node that crashed mid-stream leaves behind: its presence rows
+    // and its users online, and a heartbeat that stopped long ago.
+    let url = a.database_url.clone().expect("PostgreSQL");
+    crate::helpers::postgres::with(&url, |client| {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO nodes (id, seen_at) VALUES ('node-crashed', 1);
+                 INSERT INTO presence (user_id, node) VALUES ({gone}, 'node-crashed'),
+                     ({kept}, 'node-crashed');
+                 UPDATE users SET status = 'online' WHERE id = {gone};"
+            ))
+            .expect("stage a crashed node");
+    });
+    assert_eq!(status_of(&a, gone, &gone_access).await, "online");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status_of(&a, gone, &gone_access).await, "offline");
+    assert_eq!(
+        status_of(&b, kept, &kept_access).await,
+        "online",
+        "their stream on a live node holds"
+    );
+    drop(a);
+    drop(b);
+}
