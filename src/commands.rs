@@ -138,6 +138,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Backup { file }) => {
             let config = load_config(&cli, &locations)?;
+            refuse_on_postgres(&config, "backup")?;
             let db = database_path(&config);
             let users = db::backup(&db, file)?;
             println!(
@@ -148,6 +149,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Restore { file }) => {
             let config = load_config(&cli, &locations)?;
+            refuse_on_postgres(&config, "restore")?;
             let db = database_path(&config);
             let _lock = lock_database(&db).map_err(|_| {
                 anyhow::anyhow!(
@@ -287,6 +289,23 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
             tracing::info!("shutting down: finishing in-flight requests");
         })
     }
+}
+
+/// `backup` and `restore` work on the SQLite file; PostgreSQL has its own
+/// tools.
+fn refuse_on_postgres(config: &Config, command: &str) -> anyhow::Result<()> {
+    if config
+        .database
+        .url
+        .as_ref()
+        .is_some_and(|u| !u.expose().is_empty())
+    {
+        bail!(
+            "{command} works on the SQLite file; on PostgreSQL use its own tools \
+             (pg_dump to back up, pg_restore or psql to restore)"
+        );
+    }
+    Ok(())
 }
 
 /// One connection to the configured database (SQLite or PostgreSQL),

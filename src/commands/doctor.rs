@@ -35,8 +35,18 @@ pub fn run(config_path: &Path, loaded: anyhow::Result<Config>) -> anyhow::Result
                 )));
             }
             check_keys(&config, &mut findings);
-            if let Some(path) = &config.database.path {
-                check_database(path, &mut findings);
+            match config
+                .database
+                .url
+                .as_ref()
+                .filter(|u| !u.expose().is_empty())
+            {
+                Some(url) => check_postgres(url.expose(), &mut findings),
+                None => {
+                    if let Some(path) = &config.database.path {
+                        check_database(path, &mut findings);
+                    }
+                }
             }
         }
     }
@@ -118,6 +128,26 @@ fn check_config_file(path: &Path, findings: &mut Vec<Finding>) {
     }
     #[cfg(not(unix))]
     let _ = meta;
+}
+
+/// PostgreSQL: reachable, and a schema this rosterd can serve.
+fn check_postgres(url: &str, findings: &mut Vec<Finding>) {
+    let shown = db::pg::shown(url);
+    match db::pg::schema_version(url) {
+        Ok(version) if version > db::pg::latest_version() => findings.push(Finding::Fix(format!(
+            "database {shown}: schema version {version} is newer than this rosterd ({}): run \
+             the newer rosterd",
+            db::pg::latest_version()
+        ))),
+        Ok(version) if version < db::pg::latest_version() => findings.push(Finding::Warn(format!(
+            "database {shown}: schema version {version}, upgraded to {} at the next start",
+            db::pg::latest_version()
+        ))),
+        Ok(_) => findings.push(Finding::Ok(format!(
+            "database {shown}: reachable, schema current (back it up with pg_dump)"
+        ))),
+        Err(err) => findings.push(Finding::Fix(format!("database {shown}: {err:#}"))),
+    }
 }
 
 fn check_database(path: &Path, findings: &mut Vec<Finding>) {

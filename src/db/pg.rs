@@ -330,6 +330,23 @@ fn migrate_locked(client: &mut postgres::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The schema version of the database at `url` (0 before the first start),
+/// read without changing anything.
+pub fn schema_version(url: &str) -> anyhow::Result<i64> {
+    let mut config = config(url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let mut client = config.connect(NoTls).context("cannot connect")?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('rosterd_schema') IS NOT NULL", &[])?
+        .try_get(0)?;
+    if !exists {
+        return Ok(0);
+    }
+    version(&mut client)
+}
+
 /// The schema version recorded in the database.
 pub fn version(client: &mut postgres::Client) -> anyhow::Result<i64> {
     Ok(client

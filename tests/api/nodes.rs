@@ -239,3 +239,35 @@ async fn a_node_that_dies_leaves_nobody_online() {
     drop(a);
     drop(b);
 }
+
+/// The command line against PostgreSQL: `doctor` checks the database,
+/// `backup` and `restore` point to PostgreSQL's own tools.
+#[tokio::test]
+async fn doctor_checks_postgres_and_backup_points_to_pg_dump() {
+    let Some((a, _b)) = two_nodes(plain).await else {
+        return;
+    };
+    let rosterd = |args: &[&str]| {
+        let home = a.dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        assert_cmd::Command::new(env!("CARGO_BIN_EXE_rosterd"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("ROSTERD_SECRET", crate::helpers::SECRET)
+            .args(a.database_args())
+            .args(args)
+            .timeout(Duration::from_secs(30))
+            .output()
+            .expect("run rosterd")
+    };
+    let doctor = rosterd(&["doctor"]);
+    let said = String::from_utf8_lossy(&doctor.stdout).to_string()
+        + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(said.contains("reachable, schema current"), "{said}");
+    let backup = rosterd(&["backup", "copy.sqlite3"]);
+    assert_eq!(backup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&backup.stderr).contains("pg_dump"));
+    let restore = rosterd(&["restore", "copy.sqlite3"]);
+    assert_eq!(restore.status.code(), Some(1));
+}
