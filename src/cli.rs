@@ -52,6 +52,15 @@ pub enum Command {
     },
     /// Check the config, secret, file permissions, database and disk
     Doctor,
+    /// Copy every account into another, empty database (SQLite to
+    /// PostgreSQL or back): ids, password hashes, refresh tokens and
+    /// imported ids kept, so nobody logs in again; events and presence are
+    /// not copied. Stop the servers first
+    CopyDb {
+        /// The empty database to fill: a postgres:// URL or a SQLite file
+        #[arg(long, value_name = "URL_OR_FILE")]
+        to: String,
+    },
     /// Bring users in from Django or PocketBase, passwords and tokens kept
     Import {
         /// Where from.

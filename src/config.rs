@@ -203,6 +203,9 @@ pub struct DatabaseConfig {
     /// PostgreSQL instead of the SQLite file (several nodes may share it).
     /// Never logged: it may hold a password.
     pub url: Option<Secret>,
+    /// PEM certificates trusted to sign the PostgreSQL server's (beside the
+    /// public roots), for `sslmode=require` with a private CA.
+    pub ca_file: Option<PathBuf>,
     /// The SQLite file; `None` means `rosterd.sqlite3` in the platform data
     /// directory.
     pub path: Option<PathBuf>,
@@ -219,6 +222,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: None,
+            ca_file: None,
             path: None,
             busy_timeout_ms: 5_000,
             pool_size: 8,

@@ -4,6 +4,7 @@
 //! and calls the functions of `users`, `tokens`, `listing` and `events`,
 //! which speak each engine's dialect.
 
+pub mod copy;
 pub mod events;
 pub mod import;
 pub mod listing;
@@ -126,6 +127,7 @@ impl Target {
                 url: url.expose().to_owned(),
                 pool_size: config.pool_size,
                 timeout,
+                ca_file: config.ca_file.clone(),
             }));
         }
         let path = config

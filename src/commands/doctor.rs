@@ -35,14 +35,9 @@ pub fn run(config_path: &Path, loaded: anyhow::Result<Config>) -> anyhow::Result
                 )));
             }
             check_keys(&config, &mut findings);
-            match config
-                .database
-                .url
-                .as_ref()
-                .filter(|u| !u.expose().is_empty())
-            {
-                Some(url) => check_postgres(url.expose(), &mut findings),
-                None => {
+            match db::Target::of(&config.database) {
+                Ok(db::Target::Postgres(options)) => check_postgres(&options, &mut findings),
+                _ => {
                     if let Some(path) = &config.database.path {
                         check_database(path, &mut findings);
                     }
@@ -131,9 +126,9 @@ fn check_config_file(path: &Path, findings: &mut Vec<Finding>) {
 }
 
 /// PostgreSQL: reachable, and a schema this rosterd can serve.
-fn check_postgres(url: &str, findings: &mut Vec<Finding>) {
-    let shown = db::pg::shown(url);
-    match db::pg::schema_version(url) {
+fn check_postgres(options: &db::pg::Options, findings: &mut Vec<Finding>) {
+    let shown = db::pg::shown(&options.url);
+    match db::pg::schema_version(options) {
         Ok(version) if version > db::pg::latest_version() => findings.push(Finding::Fix(format!(
             "database {shown}: schema version {version} is newer than this rosterd ({}): run \
              the newer rosterd",

@@ -1,24 +1,36 @@
 //! PostgreSQL: sessions through the `postgres` crate (tokio-postgres's
 //! blocking client: it runs where SQLite's calls run, on the blocking pool
 //! and the writer thread, behind the same closures), pooled by r2d2, each
-//! with its prepared statements; and the migrations of `schema.pg.sql`.
+//! with its prepared statements; TLS by rustls when the URL says
+//! `sslmode=require`; and the migrations of `schema.pg.sql`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{NoTls, Row, Statement};
+use postgres::{Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::Trouble;
 
 /// The pool of sessions, and where they go (for the session that
 /// listens).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pool {
     sessions: r2d2::Pool<Manager>,
     config: std::sync::Arc<postgres::Config>,
+    tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl Pool {
@@ -41,6 +53,9 @@ pub struct Options {
     pub pool_size: u32,
     /// How long to wait for a session.
     pub timeout: Duration,
+    /// PEM certificates trusted to sign the server's, beside the public
+    /// roots (a private CA, as managed PostgreSQL services use).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Options {
@@ -156,16 +171,71 @@ impl Client {
 
 /// Makes sessions for the pool; a session that broke, or came back inside
 /// a transaction, is dropped instead of lent out again.
-#[derive(Debug)]
 pub struct Manager {
     config: postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl Manager {
     /// A session to the configured server.
     pub fn connect(&self) -> Result<Client, postgres::Error> {
-        Ok(Client::new(self.config.connect(NoTls)?))
+        Ok(Client::new(self.config.connect(self.tls.clone())?))
     }
+}
+
+/// The URL's settings, and how to speak TLS: with `sslmode=require`, the
+/// session is encrypted and the server's certificate verified against the
+/// public roots (webpki-roots) and `ca_file`; otherwise no TLS at all
+/// (libpq's default, `prefer`, would try TLS and accept any certificate:
+/// rosterd either verifies or says plainly that it does not encrypt).
+fn settings(options: &Options) -> anyhow::Result<(postgres::Config, MakeRustlsConnect)> {
+    let mut config = config(&options.url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.timeout);
+    }
+    if config.get_ssl_mode() != SslMode::Require {
+        config.ssl_mode(SslMode::Disable);
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &options.ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let shown = path.display();
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("cannot read database.ca_file {shown}"))?
+        {
+            let cert = cert.with_context(|| format!("database.ca_file {shown} is not PEM"))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("database.ca_file {shown}: a certificate is unusable"))?;
+            added += 1;
+        }
+        if added == 0 {
+            bail!("database.ca_file {shown} holds no certificate");
+        }
+    }
+    // ring rather than rustls's default aws-lc-rs: it builds wherever
+    // rosterd does (a Pi, a cross build) without cmake. Its key exchange
+    // has no post-quantum hybrid, which rustls now marks as deprecated.
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((config, MakeRustlsConnect::new(tls)))
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -213,12 +283,10 @@ pub fn open(options: &Options) -> anyhow::Result<Pool> {
 }
 
 fn open_here(options: &Options) -> anyhow::Result<Pool> {
-    let mut config = config(&options.url)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(options.timeout);
-    }
+    let (config, tls) = settings(options)?;
     let manager = Manager {
         config: config.clone(),
+        tls: tls.clone(),
     };
     let shown = shown(&options.url);
     let mut client = manager
@@ -236,6 +304,7 @@ fn open_here(options: &Options) -> anyhow::Result<Pool> {
     Ok(Pool {
         sessions,
         config: std::sync::Arc::new(config),
+        tls,
     })
 }
 
@@ -251,11 +320,12 @@ pub fn listen(
     use postgres::fallible_iterator::FallibleIterator;
     use std::sync::atomic::Ordering;
     let config = postgres::Config::clone(&pool.config);
+    let tls = pool.tls.clone();
     std::thread::Builder::new()
         .name("rosterd-listen".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let mut client = match config.connect(NoTls) {
+                let mut client = match config.connect(tls.clone()) {
                     Ok(client) => client,
                     Err(err) => {
                         tracing::warn!(%err, "events: cannot LISTEN; retrying in 1 s");
@@ -330,14 +400,11 @@ fn migrate_locked(client: &mut postgres::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The schema version of the database at `url` (0 before the first start),
-/// read without changing anything.
-pub fn schema_version(url: &str) -> anyhow::Result<i64> {
-    let mut config = config(url)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    let mut client = config.connect(NoTls).context("cannot connect")?;
+/// The schema version of the database (0 before the first start), read
+/// without changing anything.
+pub fn schema_version(options: &Options) -> anyhow::Result<i64> {
+    let (config, tls) = settings(options)?;
+    let mut client = config.connect(tls).context("cannot connect")?;
     let exists: bool = client
         .query_one("SELECT to_regclass('rosterd_schema') IS NOT NULL", &[])?
         .try_get(0)?;

@@ -271,3 +271,41 @@ async fn doctor_checks_postgres_and_backup_points_to_pg_dump() {
     let restore = rosterd(&["restore", "copy.sqlite3"]);
     assert_eq!(restore.status.code(), Some(1));
 }
+
+/// Migrations on PostgreSQL: applied at the first start, once however many
+/// nodes start, and a schema written by a newer rosterd is refused and left
+/// alone.
+#[tokio::test]
+async fn a_schema_from_a_newer_rosterd_is_refused_and_left_alone() {
+    let Some((a, b)) = two_nodes(plain).await else {
+        return;
+    };
+    let url = a.database_url.clone().expect("PostgreSQL");
+    let version = |url: &str| {
+        crate::helpers::postgres::with(url, |client| {
+            client
+                .query_one("SELECT version FROM rosterd_schema", &[])
+                .expect("the schema version")
+                .get::<_, i64>(0)
+        })
+    };
+    let current = version(&url);
+    assert!(current >= 1);
+    let (_, access, _) = a.create_user(&TestUser::generate()).await;
+    let _ = (a.stop().await, b.stop().await);
+    crate::helpers::postgres::with(&url, |client| {
+        client
+            .execute("UPDATE rosterd_schema SET version = version + 1", &[])
+            .expect("bump the version")
+    });
+    let mut config = Config::default();
+    config.auth.secret = Secret::new(crate::helpers::SECRET);
+    config.database.url = Some(Secret::new(url.clone()));
+    let refused = match rosterd::AppState::new(config) {
+        Ok(_) => panic!("a newer schema was served"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(refused.contains("newer"), "{refused}");
+    assert_eq!(version(&url), current + 1, "left alone");
+    drop(access);
+}
