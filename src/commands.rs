@@ -106,23 +106,6 @@ fn database_path(config: &Config) -> PathBuf {
     config.database.path.clone().unwrap_or_default()
 }
 
-/// Takes the advisory lock that marks the database as served: held by
-/// `serve` for its lifetime, tried by `restore`.
-fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    let path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    file.try_lock()
-        .map_err(|_| anyhow::anyhow!("{} is locked by another rosterd", path.display()))?;
-    Ok(file)
-}
-
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let locations = locations(&cli);
@@ -152,7 +135,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&cli, &locations)?;
             refuse_on_postgres(&config, "restore")?;
             let db = database_path(&config);
-            let _lock = lock_database(&db).map_err(|_| {
+            let _lock = db::sqlite::lock(&db).map_err(|_| {
                 anyhow::anyhow!(
                     "a rosterd server is using {}: stop it before restoring",
                     db.display()
@@ -245,7 +228,7 @@ fn serve(cli: &Cli, locations: &Locations, bind: Option<String>) -> anyhow::Resu
         let _lock = if postgres {
             None
         } else {
-            match lock_database(&db_path) {
+            match db::sqlite::lock(&db_path) {
                 Ok(lock) => Some(lock),
                 Err(_)
                     if !db_path

@@ -5,6 +5,7 @@
 //! which speak each engine's dialect.
 
 pub mod copy;
+mod error;
 pub mod events;
 pub mod import;
 pub mod listing;
@@ -13,8 +14,7 @@ pub mod sqlite;
 pub mod tokens;
 pub mod users;
 
-use std::sync::Arc;
-
+pub use error::{Error, Result, Trouble};
 pub use sqlite::{
     Options, backup, integrity_check, last_backup, latest_version, restore, schema_version,
 };
@@ -25,86 +25,6 @@ pub enum Conn<'a> {
     Sqlite(&'a rusqlite::Connection),
     /// A PostgreSQL session.
     Postgres(&'a mut pg::Client),
-}
-
-/// A database error of either engine.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// SQLite's error.
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL's (shared: a failed group commit tells every request in
-    /// it the same cause).
-    #[error(transparent)]
-    Postgres(Arc<postgres::Error>),
-}
-
-impl From<postgres::Error> for Error {
-    fn from(err: postgres::Error) -> Self {
-        Error::Postgres(Arc::new(err))
-    }
-}
-
-/// A result of this module.
-pub type Result<T> = std::result::Result<T, Error>;
-
-/// What kind of trouble a database error is, as far as a reply cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trouble {
-    /// Locked or unreachable for now: worth a retry (503).
-    Busy,
-    /// Out of space (507).
-    Full,
-    /// Anything else (a bug, or a broken disk: 500).
-    Other,
-}
-
-impl Error {
-    /// Whether this is a UNIQUE violation on `table.column`.
-    pub fn is_unique_violation(&self, table_column: &str) -> bool {
-        match self {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(failure, Some(message))) => {
-                failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    && message.contains(table_column)
-            }
-            Error::Sqlite(_) => false,
-            Error::Postgres(err) => pg::is_unique_violation(err, table_column),
-        }
-    }
-
-    /// See [`Trouble`].
-    pub fn trouble(&self) -> Trouble {
-        match self {
-            Error::Sqlite(err) => match err.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                    Trouble::Busy
-                }
-                Some(rusqlite::ErrorCode::DiskFull) => Trouble::Full,
-                _ => Trouble::Other,
-            },
-            Error::Postgres(err) => pg::trouble(err),
-        }
-    }
-
-    /// A copy of this error (SQLite's error is not `Clone`: the same code
-    /// and message, or an abort carrying the text of any other error).
-    pub fn copy(&self) -> Error {
-        match self {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(code, message)) => {
-                Error::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
-            }
-            Error::Sqlite(other) => Error::aborted(&other.to_string()),
-            Error::Postgres(err) => Error::Postgres(err.clone()),
-        }
-    }
-
-    /// The error of a change undone by a rolled-back transaction.
-    pub fn aborted(why: &str) -> Error {
-        Error::Sqlite(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(why.to_owned()),
-        ))
-    }
 }
 
 /// Where the database is: a SQLite file (with its options) or a
@@ -197,15 +117,6 @@ impl Pooled {
             Pooled::Postgres(client) => Conn::Postgres(client),
         }
     }
-}
-
-/// The first second from which tokens are valid again after a revocation
-/// whose instant, taken inside its write, is `now`. Two seconds on, not
-/// one: a read that began before the write committed (a refresh, a login)
-/// can still mint a token in the next second, and the commit is well under
-/// a second away from `now`.
-pub fn valid_after(now: i64) -> i64 {
-    now + 2
 }
 
 /// Runs `f` inside a transaction that takes the write lock up front

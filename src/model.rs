@@ -104,6 +104,15 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The first second from which tokens are valid again after a revocation
+/// whose instant, taken inside its write, is `now`. Two seconds on, not
+/// one: a read that began before the write committed (a refresh, a login)
+/// can still mint a token in the next second, and the commit is well under
+/// a second away from `now`.
+pub fn valid_after(now: i64) -> i64 {
+    now + 2
+}
+
 /// Now as stored and rendered: RFC 3339 UTC with microseconds and `Z`.
 pub fn timestamp_now() -> String {
     let format = time::macros::format_description!(

@@ -181,7 +181,7 @@ fn lock(target: &db::Target) -> anyhow::Result<Option<std::fs::File>> {
     {
         return Ok(None);
     }
-    super::lock_database(path).map(Some).map_err(|_| {
+    db::sqlite::lock(path).map(Some).map_err(|_| {
         anyhow::anyhow!(
             "a rosterd server is using {}: stop it before copying",
             path.display()

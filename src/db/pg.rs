@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use postgres::config::SslMode;
-use postgres::error::SqlState;
+
 use postgres::types::ToSql;
 use postgres::{Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
-
-use super::Trouble;
 
 /// The pool of sessions, and where they go (for the session that
 /// listens).
@@ -109,7 +107,7 @@ impl Client {
         }
     }
 
-    fn statement(&mut self, sql: &str) -> super::Result<Statement> {
+    fn statement(&mut self, sql: &str) -> super::error::Result<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -122,32 +120,36 @@ impl Client {
     }
 
     /// The rows `sql` returns.
-    pub fn query(&mut self, sql: &str, params: Params<'_>) -> super::Result<Vec<Row>> {
+    pub fn query(&mut self, sql: &str, params: Params<'_>) -> super::error::Result<Vec<Row>> {
         let statement = self.statement(sql)?;
         Ok(self.client.query(&statement, params)?)
     }
 
     /// The one row `sql` returns, if any.
-    pub fn query_opt(&mut self, sql: &str, params: Params<'_>) -> super::Result<Option<Row>> {
+    pub fn query_opt(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> super::error::Result<Option<Row>> {
         let statement = self.statement(sql)?;
         Ok(self.client.query_opt(&statement, params)?)
     }
 
     /// The one row `sql` returns.
-    pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> super::Result<Row> {
+    pub fn query_one(&mut self, sql: &str, params: Params<'_>) -> super::error::Result<Row> {
         let statement = self.statement(sql)?;
         Ok(self.client.query_one(&statement, params)?)
     }
 
     /// How many rows `sql` changed.
-    pub fn execute(&mut self, sql: &str, params: Params<'_>) -> super::Result<u64> {
+    pub fn execute(&mut self, sql: &str, params: Params<'_>) -> super::error::Result<u64> {
         let statement = self.statement(sql)?;
         Ok(self.client.execute(&statement, params)?)
     }
 
     /// Runs a transaction-control statement, keeping track of whether a
     /// transaction is open (the protocol's own flag is not exposed).
-    pub fn control(&mut self, sql: &str) -> super::Result<()> {
+    pub fn control(&mut self, sql: &str) -> super::error::Result<()> {
         let result = self.client.batch_execute(sql);
         match sql {
             "BEGIN" => self.in_transaction = result.is_ok(),
@@ -419,43 +421,4 @@ pub fn version(client: &mut postgres::Client) -> anyhow::Result<i64> {
     Ok(client
         .query_one("SELECT version FROM rosterd_schema WHERE one = 1", &[])?
         .try_get(0)?)
-}
-
-/// The unique index behind each `table.column` the API reports on.
-fn unique_index(table_column: &str) -> Option<&'static str> {
-    match table_column {
-        "users.username" => Some("users_username_unique"),
-        "users.email" => Some("users_email_unique"),
-        _ => None,
-    }
-}
-
-/// Whether `err` is a UNIQUE violation on `table.column`.
-pub fn is_unique_violation(err: &postgres::Error, table_column: &str) -> bool {
-    let Some(db) = err.as_db_error() else {
-        return false;
-    };
-    *db.code() == SqlState::UNIQUE_VIOLATION
-        && db.constraint().is_some() == unique_index(table_column).is_some()
-        && db.constraint() == unique_index(table_column)
-}
-
-/// See [`Trouble`]: a lost or refused session, a serialization failure
-/// or a deadlock is worth a retry; a full disk is 507.
-pub fn trouble(err: &postgres::Error) -> Trouble {
-    match err.code() {
-        Some(code) if *code == SqlState::DISK_FULL => Trouble::Full,
-        Some(code)
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED
-                || *code == SqlState::TOO_MANY_CONNECTIONS
-                || *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CANNOT_CONNECT_NOW
-                || *code == SqlState::LOCK_NOT_AVAILABLE =>
-        {
-            Trouble::Busy
-        }
-        None if err.is_closed() => Trouble::Busy,
-        _ => Trouble::Other,
-    }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use super::valid_after;
+use crate::model::valid_after;
 
 /// The pool every request borrows a connection from (on the blocking pool).
 pub type Pool = r2d2::Pool<Manager>;
@@ -189,6 +189,23 @@ fn apply_pragmas(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
             })?;
     }
     Ok(())
+}
+
+/// Takes the advisory lock that marks the database as served: held by
+/// `serve` for its lifetime, tried by `restore`.
+pub fn lock(db: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!("{} is locked by another rosterd", path.display()))?;
+    Ok(file)
 }
 
 /// The sidecar file where `backup` records the path of the last backup.

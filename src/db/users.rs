@@ -3,7 +3,8 @@
 use postgres::Row as PgRow;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Conn, Result, valid_after, write};
+use super::{Conn, Result, write};
+use crate::model::valid_after;
 
 use crate::model::{Account, NewUser, Status, User, UserChanges};
 
