@@ -87,6 +87,18 @@ CREATE TABLE events_last (
 );
 INSERT INTO events_last (one, id) VALUES (1, 0);
 
+-- A user as the API renders them, byte for byte as SQLite's json_object
+-- writes them (compact, in the API's key order): json_build_object would
+-- add spaces.
+CREATE FUNCTION rosterd_user_json(u users) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT '{"id":' || u.id || ',"username":' || to_json(u.username)::text
+        || ',"email":' || to_json(u.email)::text || ',"level":' || u.level
+        || ',"status":' || to_json(u.status)::text
+        || ',"profilePicture":' || to_json(u.profile_picture)::text
+        || ',"created_at":' || to_json(u.created_at)::text
+        || ',"updated_at":' || to_json(u.updated_at)::text || '}'
+$$;
+
 CREATE FUNCTION rosterd_user_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     next BIGINT;
@@ -100,7 +112,7 @@ BEGIN
     ELSIF TG_OP = 'DELETE' THEN
         UPDATE users_meta SET users = users - 1 WHERE one = 1;
         kind := 'user.deleted';
-        data := json_build_object('id', OLD.id)::text;
+        data := '{"id":' || OLD.id || '}';
     ELSIF (OLD.id, OLD.username, OLD.email, OLD.level, OLD.status, OLD.profile_picture,
            OLD.updated_at) IS DISTINCT FROM (NEW.id, NEW.username, NEW.email, NEW.level,
            NEW.status, NEW.profile_picture, NEW.updated_at) THEN
@@ -112,10 +124,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF kind IN ('user.created', 'user.updated') THEN
-        data := json_build_object('id', NEW.id, 'username', NEW.username,
-            'email', NEW.email, 'level', NEW.level, 'status', NEW.status,
-            'profilePicture', NEW.profile_picture, 'created_at', NEW.created_at,
-            'updated_at', NEW.updated_at)::text;
+        data := rosterd_user_json(NEW);
     END IF;
     who := CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
     UPDATE events_last SET id = id + 1 WHERE one = 1 RETURNING id INTO next;

@@ -107,6 +107,18 @@ async fn stream(
         .map(|id| id.trim().parse::<i64>().unwrap_or(-1));
     // Subscribed before the resume is read: nothing falls between.
     let (receiver, stop) = state.events.subscribe();
+    // A new stream starts now: a change committed before it opened is not
+    // sent, even if the hub broadcasts it after `ready` (on PostgreSQL a
+    // commit reaches the hub through NOTIFY, a moment later). Read before
+    // the stream's own presence write, whose event it does get.
+    let now = match resume {
+        Some(_) => 0,
+        None => {
+            state
+                .read(|conn| -> Result<_, StateError> { Ok(crate::db::events::bounds(conn)?.0) })
+                .await?
+        }
+    };
     let guard = live::open(&state, user_id, presence)
         .await
         .map_err(|err| match err {
@@ -135,6 +147,8 @@ async fn stream(
             }
             None => queue.push_back(reset()),
         }
+    } else {
+        last_sent = now;
     }
     let feed = Feed {
         state,

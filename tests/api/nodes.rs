@@ -309,3 +309,49 @@ async fn a_schema_from_a_newer_rosterd_is_refused_and_left_alone() {
     assert_eq!(version(&url), current + 1, "left alone");
     drop(access);
 }
+
+/// The change rows PostgreSQL's trigger writes render a user byte for byte
+/// as the API does (and as SQLite's json_object does): what a stream sends
+/// does not depend on the backend.
+#[tokio::test]
+async fn change_rows_render_users_byte_for_byte_as_the_api() {
+    let Some((a, _b)) = two_nodes(plain).await else {
+        return;
+    };
+    let (id, access, _) = a.create_user(&TestUser::generate()).await;
+    let body = json!({"profilePicture": "https://example.com/a\"b\\c/zoë.png", "status": "busy"});
+    let reply = a.patch_user(id, &access, &body).await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    let text = reply.text().await.expect("the reply");
+    let url = a.database_url.clone().expect("PostgreSQL");
+    let rows: Vec<(String, String)> = crate::helpers::postgres::with(&url, |client| {
+        client
+            .query(
+                "SELECT kind, data FROM events WHERE user_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .expect("the change rows")
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    });
+    let updated = rows
+        .iter()
+        .rfind(|(kind, _)| kind == "user.updated")
+        .expect("an update row");
+    assert_eq!(updated.1, text);
+    assert_eq!(
+        a.delete_user(id, &access).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let deleted: String = crate::helpers::postgres::with(&url, |client| {
+        client
+            .query_one(
+                "SELECT data FROM events WHERE kind = 'user.deleted' AND user_id = $1",
+                &[&id],
+            )
+            .expect("the deletion row")
+            .get(0)
+    });
+    assert_eq!(deleted, format!("{{\"id\":{id}}}"));
+}
