@@ -102,11 +102,6 @@ impl Pool {
             Pool::Postgres(pool) => Pooled::Postgres(Box::new(pool.get()?)),
         })
     }
-
-    /// Whether this is PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Pool::Postgres(_))
-    }
 }
 
 impl Pooled {

@@ -266,7 +266,7 @@ pub fn latest_version() -> i64 {
 }
 
 /// Reads the URL (a bad one is named without its password).
-pub fn config(url: &str) -> anyhow::Result<postgres::Config> {
+fn config(url: &str) -> anyhow::Result<postgres::Config> {
     url.parse::<postgres::Config>()
         .map_err(|err| anyhow::anyhow!("database.url is not a PostgreSQL URL ({err})"))
 }
@@ -417,7 +417,7 @@ pub fn schema_version(options: &Options) -> anyhow::Result<i64> {
 }
 
 /// The schema version recorded in the database.
-pub fn version(client: &mut postgres::Client) -> anyhow::Result<i64> {
+fn version(client: &mut postgres::Client) -> anyhow::Result<i64> {
     Ok(client
         .query_one("SELECT version FROM rosterd_schema WHERE one = 1", &[])?
         .try_get(0)?)
