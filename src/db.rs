@@ -10,6 +10,7 @@ pub mod events;
 pub mod import;
 pub mod listing;
 pub mod pg;
+mod sql;
 pub mod sqlite;
 pub mod tokens;
 pub mod users;

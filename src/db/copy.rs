@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::users::pg_dialect;
+use super::sql::pg_dialect;
 use super::{Conn, Result, abandon, control, write};
 
 /// Rows read and written per statement.

@@ -4,6 +4,7 @@
 
 use rusqlite::params;
 
+use super::sql::pg_dialect;
 use super::{Conn, Result, write};
 
 /// One change, as the triggers wrote it.
@@ -98,7 +99,7 @@ pub fn came_online(conn: &mut Conn<'_>, user_id: i64, node: &str, timestamp: &st
                  ON CONFLICT DO NOTHING",
                 &[&user_id, &node],
             )?;
-            let changed = client.execute(&ONLINE.replace('?', "$"), &[&user_id, &timestamp])?;
+            let changed = client.execute(&pg_dialect(ONLINE), &[&user_id, &timestamp])?;
             Ok(listed + changed > 0)
         }
     })
@@ -131,8 +132,8 @@ pub fn went_offline(
             if gone == 0 {
                 return Ok(false);
             }
-            let offline = OFFLINE.replace('?', "$")
-                + " AND NOT EXISTS (SELECT 1 FROM presence WHERE user_id = $1)";
+            let offline =
+                pg_dialect(OFFLINE) + " AND NOT EXISTS (SELECT 1 FROM presence WHERE user_id = $1)";
             Ok(client.execute(&offline, &[&user_id, &timestamp])? == 1)
         }
     })

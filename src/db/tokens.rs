@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::users::{ToBoth, pg_dialect};
+use super::sql::execute;
 use super::{Conn, Result, write};
 
 /// What a refresh under rotation found.
@@ -30,26 +30,10 @@ pub struct Issued<'a> {
     pub expires_at: i64,
 }
 
-/// Runs one statement written in SQLite's words on either engine; how
-/// many rows it changed.
-fn run(conn: &mut Conn<'_>, sql: &str, params: &[&dyn ToBoth]) -> Result<u64> {
-    match conn {
-        Conn::Sqlite(conn) => {
-            let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.sqlite()).collect();
-            Ok(conn.prepare_cached(sql)?.execute(values.as_slice())? as u64)
-        }
-        Conn::Postgres(client) => {
-            let values: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.pg()).collect();
-            client.execute(&pg_dialect(sql), &values)
-        }
-    }
-}
-
 /// Deletes rows whose token has expired: they can never be presented
 /// successfully again, so the table stays bounded.
 pub fn prune(tx: &mut Conn<'_>, now: i64) -> Result<u64> {
-    run(
+    execute(
         tx,
         "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
         &[&now],
@@ -98,7 +82,7 @@ pub fn blacklist(conn: &mut Conn<'_>, token: &Issued<'_>, now: i64) -> Result<bo
         if !user_exists(tx, token.user_id)? {
             return Ok(true);
         }
-        let changed = run(
+        let changed = execute(
             tx,
             "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, revoked) \
              VALUES (?1, ?2, ?1, ?3, true) \
@@ -118,7 +102,7 @@ pub fn record_login(conn: &mut Conn<'_>, token: &Issued<'_>, now: i64) -> Result
 }
 
 fn insert(tx: &mut Conn<'_>, token: &Issued<'_>, family: &str) -> Result<()> {
-    run(
+    execute(
         tx,
         "INSERT INTO refresh_tokens (jti, user_id, family, expires_at) VALUES (?1, ?2, ?3, ?4)",
         &[&token.jti, &token.user_id, &family, &token.expires_at],
@@ -162,7 +146,7 @@ pub fn rotate(
     write(conn, |tx| {
         let family = match token_row(tx, old.jti)? {
             None => {
-                run(
+                execute(
                     tx,
                     "INSERT INTO refresh_tokens (jti, user_id, family, expires_at, retired_at) \
                      VALUES (?1, ?2, ?1, ?3, ?4)",
@@ -172,7 +156,7 @@ pub fn rotate(
             }
             Some((_, _, true)) => return Ok(Rotation::Revoked),
             Some((family, Some(retired_at), false)) if now - retired_at > grace_seconds => {
-                run(
+                execute(
                     tx,
                     "UPDATE refresh_tokens SET revoked = true WHERE family = ?1",
                     &[&family],
@@ -181,7 +165,7 @@ pub fn rotate(
             }
             Some((family, retired_at, false)) => {
                 if retired_at.is_none() {
-                    run(
+                    execute(
                         tx,
                         "UPDATE refresh_tokens SET retired_at = ?2 WHERE jti = ?1",
                         &[&old.jti, &now],

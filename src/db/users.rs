@@ -3,6 +3,7 @@
 use postgres::Row as PgRow;
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::sql::{self, ToBoth, pg_dialect};
 use super::{Conn, Result, write};
 use crate::model::valid_after;
 
@@ -182,49 +183,10 @@ pub fn auth_state(conn: &mut Conn<'_>, id: i64) -> Result<Option<AuthState>> {
     }
 }
 
-/// Runs one change statement written for both engines (`?N` on SQLite,
-/// `$N` on PostgreSQL; `max` becomes `greatest`); whether it hit a row.
+/// Runs one change statement written for both engines (see
+/// [`sql::execute`]) in its own write; whether it hit a row.
 fn change(conn: &mut Conn<'_>, sql: &str, params: &[&dyn ToBoth]) -> Result<bool> {
-    write(conn, |conn| match conn {
-        Conn::Sqlite(tx) => {
-            let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.sqlite()).collect();
-            Ok(tx.prepare_cached(sql)?.execute(values.as_slice())? == 1)
-        }
-        Conn::Postgres(client) => {
-            let values: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.pg()).collect();
-            Ok(client.execute(&pg_dialect(sql), &values)? == 1)
-        }
-    })
-}
-
-/// A parameter either engine can take.
-pub(super) trait ToBoth {
-    fn sqlite(&self) -> &dyn rusqlite::ToSql;
-    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync);
-}
-
-impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync> ToBoth for T {
-    fn sqlite(&self) -> &dyn rusqlite::ToSql {
-        self
-    }
-    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync) {
-        self
-    }
-}
-
-/// SQLite's `?N` parameters and `max(a, b)` in PostgreSQL's words.
-pub(super) fn pg_dialect(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('$');
-        } else {
-            out.push(c);
-        }
-    }
-    out.replace("max(", "greatest(")
+    write(conn, |conn| Ok(sql::execute(conn, sql, params)? == 1))
 }
 
 /// Voids every token of the user issued until now ("log out everywhere");
