@@ -21,7 +21,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, Request, StatusCode, header};
@@ -64,7 +63,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(impl Reply,)> {
 /// headers.
 pub fn service(
     state: AppState,
-) -> impl Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response> + Send>>
+) -> impl Fn(Request<crate::server::Body>, SocketAddr) -> Pin<Box<dyn Future<Output = Response> + Send>>
 + Clone
 + Send
 + Sync
@@ -72,7 +71,7 @@ pub fn service(
     let limit = Duration::from_secs(state.config.server.request_timeout);
     let cors = Arc::new(Cors::new(&state.config.server.cors_origins));
     let routes = warp::service(routes(state));
-    move |mut request: Request<Incoming>, peer: SocketAddr| {
+    move |mut request: Request<crate::server::Body>, peer: SocketAddr| {
         let cors_request = CorsRequest::of(request.headers(), request.method());
         let method = request.method().clone();
         let uri = request.uri().clone();

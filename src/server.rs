@@ -11,14 +11,18 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tracing::Instrument;
 use warp::http::{HeaderValue, Request, header};
 use warp::reply::Response;
 
 use crate::config::ServerConfig;
 use crate::request_id::RequestId;
+
+mod streams;
 
 /// The reply header carrying the request id.
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -64,6 +68,10 @@ impl Limits {
     }
 }
 
+/// The body of every request the service is given: hyper's, or none (an
+/// event stream's `GET`, read by [`streams`]).
+pub type Body = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+
 /// Serves `service` (called with each request and its connection's peer)
 /// on `listener` until `shutdown` resolves; then stops accepting and waits
 /// for open connections to finish their requests. Each request runs in a
@@ -75,11 +83,12 @@ pub async fn serve<S, F>(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
-    S: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    S: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let streams = tokio_util::task::TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -89,7 +98,7 @@ pub async fn serve<S, F>(
             },
             () = &mut shutdown => break,
         };
-        let (stream, peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -102,40 +111,105 @@ pub async fn serve<S, F>(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let service = service.clone();
-        let slot = ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(permit))));
-        let held = slot.clone();
-        let per_request = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(slot.clone());
-            let id = RequestId::random();
-            let span = tracing::info_span!("request", id = %id);
-            let service = service.clone();
-            let answer = id.scope(async move { service(request, peer).await });
-            async move {
-                let mut response = answer.instrument(span).await;
-                if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-                    response.headers_mut().insert(X_REQUEST_ID, value);
+        let _ = tcp.set_nodelay(true);
+        let connection = Connection {
+            peer,
+            slot: ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(permit)))),
+            limits: limits.clone(),
+        };
+        let (service, watcher, streams) = (service.clone(), graceful.watcher(), streams.clone());
+        tokio::spawn(async move {
+            let held = connection.slot.clone();
+            let limit = connection.limits.header_read_timeout;
+            let max_head = connection.limits.max_header_bytes;
+            let mut tcp = tcp;
+            // A socket that sends nothing is closed after the header-read
+            // limit, as hyper closes one.
+            match tokio::time::timeout(limit, streams::sniff(&mut tcp, max_head)).await {
+                Ok(Ok(Some(request))) => {
+                    let served = connection.stream(tcp, request, service);
+                    streams.track_future(served).await;
                 }
-                Ok::<_, Infallible>(response)
+                Ok(Ok(None)) => connection.http(tcp, service, watcher).await,
+                Ok(Err(_)) | Err(_) => {}
             }
+            held.release();
+        });
+    }
+    drop(listener);
+    streams.close();
+    graceful.shutdown().await;
+    streams.wait().await;
+}
+
+/// One accepted connection.
+struct Connection {
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    limits: Limits,
+}
+
+impl Connection {
+    /// The connection served by hyper, request after request, until it
+    /// closes or the graceful shutdown `watcher` ends it.
+    async fn http<S, F>(self, tcp: TcpStream, service: S, watcher: Watcher)
+    where
+        S: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response> + Send + 'static,
+    {
+        let mut io = TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(self.limits.write_timeout));
+        let Connection { peer, slot, limits } = self;
+        let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let request = request.map(Body::Left);
+            let answer = answer(service.clone(), request, peer, slot.clone());
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(Box::pin(stream)), per_request);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, %peer, "connection closed with an error");
-            }
-            held.release();
-        });
+            .serve_connection(TokioIo::new(Box::pin(io)), per_request);
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(%err, %peer, "connection closed with an error");
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
+
+    /// The connection's one request, an event stream's `GET` read by
+    /// [`streams::sniff`], answered and closed by [`streams::reply`].
+    async fn stream<S, F>(self, tcp: TcpStream, request: Request<()>, service: S)
+    where
+        S: Fn(Request<Body>, SocketAddr) -> F,
+        F: Future<Output = Response>,
+    {
+        let request = request.map(|()| Body::Right(http_body_util::Empty::new()));
+        let response = answer(service, request, self.peer, self.slot).await;
+        streams::reply(tcp, response, self.limits.write_timeout).await;
+    }
+}
+
+/// `request` answered by `service` in a `request{id=...}` span with a new
+/// [`RequestId`], which the reply carries in `X-Request-Id`.
+async fn answer<S, F>(
+    service: S,
+    mut request: Request<Body>,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) -> Response
+where
+    S: Fn(Request<Body>, SocketAddr) -> F,
+    F: Future<Output = Response>,
+{
+    request.extensions_mut().insert(slot);
+    let id = RequestId::random();
+    let span = tracing::info_span!("request", id = %id);
+    let mut response = id
+        .scope(async move { service(request, peer).await })
+        .instrument(span)
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
 }
