@@ -196,3 +196,111 @@ fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::{Response as HttpResponse, StatusCode};
+
+    const HEAD: &str =
+        "GET /api/events?presence=false HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\n\r\n";
+
+    #[test]
+    fn a_whole_events_head_is_taken_with_its_length() {
+        let bytes = format!("{HEAD}GET /next");
+        let (request, length) = parse(bytes.as_bytes()).expect("taken");
+        assert_eq!(length, HEAD.len());
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/api/events?presence=false");
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers()["authorization"], "Bearer abc");
+        assert_eq!(request.headers()["host"], "x");
+        let bare = "GET /api/events HTTP/1.1\r\n\r\n";
+        assert_eq!(parse(bare.as_bytes()).map(|(_, n)| n), Some(bare.len()));
+    }
+
+    #[test]
+    fn every_other_head_is_left_to_hyper() {
+        let left = [
+            &HEAD[..HEAD.len() - 2],
+            "GET /api/events/ticket HTTP/1.1\r\n\r\n",
+            "GET /api/eventsx HTTP/1.1\r\n\r\n",
+            "GET /api/events/ HTTP/1.1\r\n\r\n",
+            "POST /api/events HTTP/1.1\r\n\r\n",
+            "GET /api/events HTTP/1.0\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nX: \x01\r\n\r\n",
+            "GET  /api/events HTTP/1.1\r\n\r\n",
+            "",
+        ];
+        for head in left {
+            assert!(parse(head.as_bytes()).is_none(), "{head:?}");
+        }
+        let many = format!(
+            "GET /api/events HTTP/1.1\r\n{}\r\n",
+            "X-A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(parse(many.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_first_bytes_tell_an_events_request() {
+        assert!(is_events(b"GET /api/events "));
+        assert!(is_events(b"GET /api/events?"));
+        assert!(!is_events(b"GET /api/events/"));
+        assert!(!is_events(b"GET /api/events"));
+        assert!(!is_events(b"GET /api/even"));
+        assert!(!is_events(b"POST /api/events"));
+        assert!(!is_events(b""));
+    }
+
+    fn parts(status: StatusCode, headers: &[(&str, &str)]) -> response::Parts {
+        let mut response = HttpResponse::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(()).expect("a response").into_parts().0
+    }
+
+    #[test]
+    fn a_head_has_its_status_line_headers_date_framing_and_close() {
+        let stream = parts(
+            StatusCode::OK,
+            &[
+                ("content-type", "text/event-stream"),
+                ("x-request-id", "r1"),
+            ],
+        );
+        let text = String::from_utf8(head(&stream, None)).expect("text");
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: r1\r\ndate: "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
+            "{text}"
+        );
+
+        let refused = parts(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[
+                ("date", "Sat, 05 Dec 2026 16:00:00 GMT"),
+                ("content-length", "99"),
+                ("connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        let text = String::from_utf8(head(&refused, Some(12))).expect("text");
+        assert_eq!(
+            text,
+            "HTTP/1.1 429 Too Many Requests\r\ndate: Sat, 05 Dec 2026 16:00:00 GMT\r\n\
+             content-length: 12\r\nconnection: close\r\n\r\n"
+        );
+    }
+}

@@ -8,6 +8,7 @@ mod cli;
 mod copy_db;
 mod crash;
 mod errors;
+mod event_connections;
 mod events;
 mod health;
 mod helpers;
