@@ -15,6 +15,8 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use warp::http::{HeaderValue, Request, header};
 use warp::reply::Response;
@@ -88,7 +90,8 @@ pub async fn serve<S, F>(
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let streams = tokio_util::task::TaskTracker::new();
+    let streams = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -117,26 +120,11 @@ pub async fn serve<S, F>(
             slot: ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(permit)))),
             limits: limits.clone(),
         };
-        let (service, watcher, streams) = (service.clone(), graceful.watcher(), streams.clone());
-        tokio::spawn(async move {
-            let held = connection.slot.clone();
-            let limit = connection.limits.header_read_timeout;
-            let max_head = connection.limits.max_header_bytes;
-            let mut tcp = tcp;
-            // A socket that sends nothing is closed after the header-read
-            // limit, as hyper closes one.
-            match tokio::time::timeout(limit, streams::sniff(&mut tcp, max_head)).await {
-                Ok(Ok(Some(request))) => {
-                    let served = connection.stream(tcp, request, service);
-                    streams.track_future(served).await;
-                }
-                Ok(Ok(None)) => connection.http(tcp, service, watcher).await,
-                Ok(Err(_)) | Err(_) => {}
-            }
-            held.release();
-        });
+        let (service, watcher) = (service.clone(), graceful.watcher());
+        tokio::spawn(connection.run(tcp, service, watcher, streams.clone(), stopping.clone()));
     }
     drop(listener);
+    stopping.cancel();
     streams.close();
     graceful.shutdown().await;
     streams.wait().await;
@@ -150,6 +138,44 @@ struct Connection {
 }
 
 impl Connection {
+    /// Serves the connection to its end: an event stream asked for as its
+    /// first request beside hyper (in `streams`, which the graceful
+    /// shutdown waits for), anything else with hyper.
+    async fn run<S, F>(
+        self,
+        mut tcp: TcpStream,
+        service: S,
+        watcher: Watcher,
+        streams: TaskTracker,
+        stopping: CancellationToken,
+    ) where
+        S: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response> + Send + 'static,
+    {
+        let held = self.slot.clone();
+        let (limit, max_head) = (
+            self.limits.header_read_timeout,
+            self.limits.max_header_bytes,
+        );
+        // A socket that sends nothing is closed after the header-read
+        // limit, as hyper closes one, and at once when the server stops.
+        let first = tokio::select! {
+            first = tokio::time::timeout(limit, streams::sniff(&mut tcp, max_head)) => first,
+            () = stopping.cancelled() => return,
+        };
+        match first {
+            Ok(Ok(Some(request))) => {
+                drop(watcher);
+                streams
+                    .track_future(self.stream(tcp, request, service))
+                    .await;
+            }
+            Ok(Ok(None)) => self.http(tcp, service, watcher).await,
+            Ok(Err(_)) | Err(_) => {}
+        }
+        held.release();
+    }
+
     /// The connection served by hyper, request after request, until it
     /// closes or the graceful shutdown `watcher` ends it.
     async fn http<S, F>(self, tcp: TcpStream, service: S, watcher: Watcher)

@@ -382,3 +382,16 @@ async fn a_graceful_stop_ends_open_streams_with_their_last_chunk() {
     used.dechunk();
     assert!(used.done, "hyper's stream ended without its last chunk");
 }
+
+/// A socket that has sent nothing yet (so nobody knows whether it will
+/// ask for a stream) holds up no graceful stop, and is closed by it.
+#[tokio::test]
+async fn a_silent_socket_holds_up_no_graceful_stop() {
+    let app = spawn_app_with(|c| c.server.header_read_timeout = 60).await;
+    let mut silent = Raw::open(&app).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    let _stopped = app.stop().await;
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(silent.closes().await);
+}
