@@ -31,6 +31,21 @@ const EVENTS: &[u8] = b"GET /api/events";
 /// The most header lines a head may have, as hyper's default.
 const MAX_HEADERS: usize = 100;
 
+/// Request headers that make a head hyper's: a body, or a protocol change.
+const LEFT_TO_HYPER: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::EXPECT,
+    header::UPGRADE,
+];
+
+/// Reply headers written by [`head`] itself (the framing), not copied.
+const FRAMING: [HeaderName; 3] = [
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+];
+
 /// The first request of the connection when it is a whole
 /// `GET /api/events` head this module serves, with the head read out of
 /// the socket; `None` leaves every byte where it is, for hyper.
@@ -76,13 +91,7 @@ fn parse(bytes: &[u8]) -> Option<(Request<()>, usize)> {
         .version(Version::HTTP_11);
     for line in head.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
-        let framed = [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::EXPECT,
-            header::UPGRADE,
-        ];
-        if framed.contains(&name) {
+        if LEFT_TO_HYPER.contains(&name) {
             return None;
         }
         request = request.header(name, HeaderValue::from_bytes(line.value).ok()?);
@@ -167,13 +176,8 @@ fn head(parts: &response::Parts, length: Option<usize>) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let framing = [
-        header::CONNECTION,
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-    ];
     for (name, value) in &parts.headers {
-        if !framing.contains(name) {
+        if !FRAMING.contains(name) {
             line(&mut out, name.as_str(), value.as_bytes());
         }
     }
