@@ -392,6 +392,10 @@ async fn a_silent_socket_holds_up_no_graceful_stop() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let start = std::time::Instant::now();
     let _stopped = app.stop().await;
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(silent.closes().await);
 }
