@@ -6,16 +6,16 @@
 
 use std::io::IsTerminal;
 
+use tracing::Level;
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Starts the log in `format` (`"json"` or text); the returned guard
 /// writes what is left when dropped.
 pub fn init(format: &str) -> WorkerGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,warp=warn"));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     // Its default buffer (128,000 lines, allocated at start) would cost
     // more idle memory than the rest of the server; past a smaller one a
     // logging thread waits instead of dropping its line. Buffered: the
@@ -36,4 +36,52 @@ pub fn init(format: &str) -> WorkerGuard {
             .try_init()
     };
     guard
+}
+
+/// The levels of `RUST_LOG`: a level, and levels per target
+/// (`warn,rosterd=debug`); spans and fields are not matched, so no regex
+/// engine is needed. Unset or not understood: `info`, with hyper and warp
+/// at `warn`.
+fn filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(Level::INFO)
+                .with_targets([("hyper", Level::WARN), ("warp", Level::WARN)])
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_falls_back_to_info() {
+        for unset in [None, Some("rosterd=loud"), Some("a=b=c")] {
+            let levels = filter(unset);
+            assert!(
+                levels.would_enable("rosterd::api", &Level::INFO),
+                "{unset:?}"
+            );
+            assert!(
+                !levels.would_enable("rosterd::api", &Level::DEBUG),
+                "{unset:?}"
+            );
+            assert!(
+                !levels.would_enable("hyper::proto", &Level::INFO),
+                "{unset:?}"
+            );
+            assert!(
+                levels.would_enable("hyper::proto", &Level::WARN),
+                "{unset:?}"
+            );
+        }
+        let levels = filter(Some("warn,rosterd=debug"));
+        assert!(levels.would_enable("rosterd::server", &Level::DEBUG));
+        assert!(!levels.would_enable("r2d2", &Level::INFO));
+        assert!(levels.would_enable("r2d2", &Level::WARN));
+        let levels = filter(Some("error"));
+        assert!(!levels.would_enable("rosterd", &Level::WARN));
+    }
 }
