@@ -159,6 +159,8 @@ impl Connection {
         );
         // A socket that sends nothing is closed after the header-read
         // limit, as hyper closes one, and at once when the server stops.
+        // (A head that starts late and then trickles gets hyper's own
+        // limit on top, counted from hyper's first read.)
         let first = tokio::select! {
             first = tokio::time::timeout(limit, streams::sniff(&mut tcp, max_head)) => first,
             () = stopping.cancelled() => return,
