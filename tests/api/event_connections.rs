@@ -399,3 +399,33 @@ async fn a_silent_socket_holds_up_no_graceful_stop() {
     );
     assert!(silent.closes().await);
 }
+
+/// Stream heads this path leaves to hyper get hyper's refusals, from the
+/// first byte: 400 for a control character in a header value, 431 (when
+/// the reply gets out before the connection drops) for a head over
+/// `server.max_header_bytes`; the server serves on.
+#[tokio::test]
+async fn malformed_stream_heads_get_hypers_refusals() {
+    let app = spawn_app_with(|c| c.server.max_header_bytes = 8192).await;
+    let mut bad = Raw::open(&app).await;
+    bad.send("GET /api/events HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n")
+        .await;
+    let head = bad.head().await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+
+    let mut big = Raw::open(&app).await;
+    let padding = "a".repeat(20_000);
+    let _ = big
+        .socket
+        .write_all(format!("GET /api/events HTTP/1.1\r\nX-Big: {padding}\r\n\r\n").as_bytes())
+        .await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, big.socket.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(
+        reply.is_empty() || reply.starts_with("http/1.1 431 "),
+        "{reply}"
+    );
+    let health = app.send(Method::GET, "/api/health", None, None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+}
