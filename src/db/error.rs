@@ -98,9 +98,7 @@ fn pg_unique_violation(err: &postgres::Error, table_column: &str) -> bool {
     let Some(db) = err.as_db_error() else {
         return false;
     };
-    *db.code() == SqlState::UNIQUE_VIOLATION
-        && db.constraint().is_some() == unique_index(table_column).is_some()
-        && db.constraint() == unique_index(table_column)
+    *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == unique_index(table_column)
 }
 
 /// See [`Trouble`]: a lost or refused session, a serialization failure

@@ -5,9 +5,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::sql::{self, ToBoth, pg_dialect};
 use super::{Conn, Result, write};
-use crate::model::valid_after;
-
-use crate::model::{Account, NewUser, Status, User, UserChanges};
+use crate::model::{Account, NewUser, Status, User, UserChanges, valid_after};
 
 const COLUMNS: &str = "id, username, email, level, status, profile_picture, created_at, updated_at, \
                        password_hash, is_staff, is_active, tokens_valid_after";

@@ -46,6 +46,25 @@ impl Raw {
         }
     }
 
+    /// A stream asked for as the connection's first request, once `ready`
+    /// has arrived.
+    async fn ready(app: &TestApp, access: &str) -> Raw {
+        let mut raw = Raw::open(app).await;
+        raw.send(&events_request(Some(access), "")).await;
+        raw.until("event: ready").await;
+        raw
+    }
+
+    /// A connection that has served one request (GET /api/health) by hyper.
+    async fn used(app: &TestApp) -> Raw {
+        let mut raw = Raw::open(app).await;
+        raw.send("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let (health, _) = raw.whole().await;
+        assert!(health.starts_with("http/1.1 200 "), "{health}");
+        raw
+    }
+
     async fn send(&mut self, bytes: &str) {
         self.socket.write_all(bytes.as_bytes()).await.expect("send");
     }
@@ -225,9 +244,7 @@ async fn a_stream_as_a_first_request_is_chunked_carries_changes_and_ends_with_it
 async fn a_refused_stream_gets_the_same_reply_on_a_fresh_connection_and_on_a_used_one() {
     let app = spawn_app_with(|c| c.events.max_streams_per_user = 1).await;
     let (_, access, _) = app.create_user(&TestUser::generate()).await;
-    let mut held = Raw::open(&app).await;
-    held.send(&events_request(Some(&access), "")).await;
-    held.until("event: ready").await;
+    let _held = Raw::ready(&app, &access).await;
     let cases = [
         (events_request(None, ""), 401),
         (events_request(Some("not.a.token"), ""), 401),
@@ -245,11 +262,7 @@ async fn a_refused_stream_gets_the_same_reply_on_a_fresh_connection_and_on_a_use
         assert_eq!(header(&head, "connection"), Some("close"), "{head}");
         assert!(fresh.closes().await);
 
-        let mut used = Raw::open(&app).await;
-        used.send("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await;
-        let (health, _) = used.whole().await;
-        assert!(health.starts_with("http/1.1 200 "), "{health}");
+        let mut used = Raw::used(&app).await;
         used.send(&request).await;
         let (again, same) = used.whole().await;
         assert!(again.starts_with(&format!("http/1.1 {status} ")), "{again}");
@@ -272,11 +285,7 @@ async fn streams_asked_for_in_other_ways_are_served_too() {
     let ready = format!("event: ready\ndata: {{\"user\":{id}}}\n\n");
     let request = events_request(Some(&access), "");
 
-    let mut after_another = Raw::open(&app).await;
-    after_another
-        .send("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    after_another.whole().await;
+    let mut after_another = Raw::used(&app).await;
     after_another.send(&request).await;
 
     let mut in_pieces = Raw::open(&app).await;
@@ -313,9 +322,7 @@ async fn streams_asked_for_in_other_ways_are_served_too() {
 async fn a_client_that_hangs_up_gives_its_place_back() {
     let app = spawn_app_with(|c| c.events.max_streams_per_user = 1).await;
     let (_, access, _) = app.create_user(&TestUser::generate()).await;
-    let mut first = Raw::open(&app).await;
-    first.send(&events_request(Some(&access), "")).await;
-    first.until("event: ready").await;
+    let first = Raw::ready(&app, &access).await;
     drop(first);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -343,9 +350,7 @@ async fn streams_hold_no_connection_slot() {
     let (_, access, _) = app.create_user(&TestUser::generate()).await;
     let mut streams = Vec::new();
     for _ in 0..4 {
-        let mut raw = Raw::open(&app).await;
-        raw.send(&events_request(Some(&access), "")).await;
-        raw.until("event: ready").await;
+        let raw = Raw::ready(&app, &access).await;
         streams.push(raw);
     }
     let health = tokio::time::timeout(WAIT, app.send(Method::GET, "/api/health", None, None))
@@ -360,13 +365,8 @@ async fn streams_hold_no_connection_slot() {
 async fn a_graceful_stop_ends_open_streams_with_their_last_chunk() {
     let app = spawn_app().await;
     let (_, access, _) = app.create_user(&TestUser::generate()).await;
-    let mut fresh = Raw::open(&app).await;
-    fresh.send(&events_request(Some(&access), "")).await;
-    fresh.until("event: ready").await;
-    let mut used = Raw::open(&app).await;
-    used.send("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    used.whole().await;
+    let mut fresh = Raw::ready(&app, &access).await;
+    let mut used = Raw::used(&app).await;
     used.send(&events_request(Some(&access), "")).await;
     used.head().await;
     used.until("event: ready").await;
